@@ -1,0 +1,118 @@
+"""The diffusion process (cosine schedule, ε-prediction) and its solvers, apart from the network.
+
+The solver and its number of steps can change after training: a ``Schedule`` holds the K
+training ᾱ's, and ``Schedule.ddim(K_s)`` picks the K_s sampling steps. Sub-policy i of the
+multi-seed policy is the deterministic map S -> DDIM(S; ε_i, z^i) with its noise fixed by a
+``SeedBank`` (SPEC §3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from uepo import ops
+from uepo.nets import ResidualMLPDenoiser
+
+
+def cosine_alpha_bars(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """ᾱ_k for training timesteps k = 0..K-1 of the cosine schedule (Nichol & Dhariwal), float64."""
+    t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+@dataclass(frozen=True)
+class DDIMSteps:
+    """The K_s sampling steps: training timesteps (noisiest first) and ᾱ at each, then 1."""
+
+    timesteps: tuple[int, ...]
+    alpha_bars: tuple[float, ...]  # K_s + 1 values
+
+
+class Schedule:
+    """The forward process q(x_k | x_0) = N(√ᾱ_k x_0, (1 − ᾱ_k) I)."""
+
+    def __init__(self, num_steps: int = 100):
+        self.num_steps = num_steps
+        self.alpha_bars = cosine_alpha_bars(num_steps)
+
+    def add_noise(self, x0: Tensor, noise: Tensor, k: Tensor) -> Tensor:
+        """x_k = √ᾱ_k x_0 + √(1 − ᾱ_k) ε for per-row timesteps k (N,)."""
+        ab = self.alpha_bars.to(x0.device)[k].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def ddim(self, sampling_steps: int) -> DDIMSteps:
+        """K_s steps evenly spaced over the K training timesteps, from K−1 down to 0."""
+        if not 1 <= sampling_steps <= self.num_steps:
+            raise ValueError(f"sampling_steps must be in [1, {self.num_steps}], got {sampling_steps}")
+        ts = torch.linspace(self.num_steps - 1, 0, sampling_steps).round().long().tolist()
+        abars = [float(self.alpha_bars[t]) for t in ts] + [1.0]
+        return DDIMSteps(tuple(int(t) for t in ts), tuple(abars))
+
+
+@dataclass
+class SeedBank:
+    """Fixed initial noise ε_i (n, H, d_a) and perturbation directions z^i (n, K_s, H, d_a)."""
+
+    noise: Tensor
+    perturb: Tensor
+    base_seed: int
+
+    @classmethod
+    def draw(cls, num_seeds: int, sampling_steps: int, horizon: int, action_dim: int,
+             base_seed: int, dtype: torch.dtype = torch.float32,
+             device: torch.device | str = "cpu") -> SeedBank:
+        """Sub-policy i draws from a generator seeded base_seed + i, once."""
+        noise, perturb = [], []
+        for i in range(num_seeds):
+            g = torch.Generator().manual_seed(base_seed + i)
+            noise.append(torch.randn(horizon, action_dim, generator=g, dtype=torch.float64))
+            perturb.append(torch.randn(sampling_steps, horizon, action_dim, generator=g, dtype=torch.float64))
+        return cls(torch.stack(noise).to(device, dtype), torch.stack(perturb).to(device, dtype), base_seed)
+
+    @property
+    def num_seeds(self) -> int:
+        return self.noise.shape[0]
+
+    def select(self, indices: list[int]) -> SeedBank:
+        """A bank of some of the seeds (e.g. one sub-policy for acting)."""
+        return SeedBank(self.noise[indices], self.perturb[indices], self.base_seed)
+
+
+def multiseed_sample(
+    denoiser: nn.Module,
+    cond: Tensor,
+    steps: DDIMSteps,
+    seeds: SeedBank,
+    eta: float = 0.1,
+    tau: float = 0.0,
+    return_div: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """μ^i(S) for every seed of the bank: (B, C) -> chunks (B, n, H, d_a), no autograd.
+
+    The residual-MLP denoiser runs through the fused op (uepo.ops); any other denoiser through
+    the same chain in PyTorch.
+    """
+    if seeds.perturb.shape[-3] != len(steps.timesteps):
+        raise ValueError(
+            f"the seed bank holds perturbations for {seeds.perturb.shape[-3]} steps but the solver "
+            f"takes {len(steps.timesteps)}: draw the bank for this number of sampling steps"
+        )
+    if isinstance(denoiser, ResidualMLPDenoiser):
+        return ops.multiseed_sample(
+            cond, seeds.noise, seeds.perturb, denoiser.kernel_weights(), steps.timesteps,
+            steps.alpha_bars, denoiser.horizon, eta, tau, return_div=return_div,
+        )
+
+    def eps_fn(x: Tensor, t: int, c: Tensor) -> Tensor:
+        return denoiser(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), c)
+
+    with torch.no_grad():
+        return ops.multiseed_ddim(eps_fn, cond, seeds.noise, seeds.perturb, steps.timesteps,
+                                  steps.alpha_bars, eta, tau, return_div=return_div,
+                                  divergence_fn=ops.divergence)

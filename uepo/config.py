@@ -1,0 +1,363 @@
+"""Configuration: one dataclass per phase, presets by name, YAML file + ``--field value`` overrides.
+
+Every field carries its one-line description as ``metadata["help"]`` (shown by ``--help``).
+Resolution order: preset -> YAML file (``--config FILE``) -> command-line overrides. A field can
+be set as ``--field value`` when its name is unique across sections, or always as
+``--section.field value``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def f(default: Any, help: str) -> Any:  # noqa: A002 (mirrors argparse's name)
+    """A dataclass field with a one-line description."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    horizon: int = f(8, "H: action-chunk length predicted by the denoiser")
+    history: int = f(2, "T_o: number of past states in the condition S_t")
+    action_clip: float = f(1e-5, "actions are clipped to ±(1 - action_clip)")
+
+
+@dataclass
+class CriticConfig:
+    steps: int = f(1_000_000, "IQL gradient steps (phase A)")
+    batch_size: int = f(256, "transitions per IQL update")
+    lr_q: float = f(3e-4, "Adam learning rate of the twin Q")
+    lr_v: float = f(3e-4, "Adam learning rate of V")
+    expectile: float = f(0.7, "IQL expectile of the V regression")
+    gamma: float = f(0.99, "discount")
+    polyak: float = f(0.005, "target-Q Polyak rate")
+    hidden: int = f(256, "critic MLP width")
+    layers: int = f(3, "critic MLP hidden layers")
+    log_every: int = f(1000, "steps between metric rows")
+    checkpoint_every: int = f(10_000, "steps between resumable checkpoints")
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = f(300_000, "diffusion (or Gaussian BC) gradient steps (phase B)")
+    batch_size: int = f(256, "chunks per update")
+    lr: float = f(1e-4, "AdamW learning rate (cosine decay after warm-up)")
+    weight_decay: float = f(1e-6, "AdamW weight decay")
+    warmup_steps: int = f(1000, "linear learning-rate warm-up steps")
+    grad_clip: float = f(1.0, "gradient-norm clip (0: none)")
+    diffusion_steps: int = f(100, "K: DDPM training timesteps (cosine schedule)")
+    sampling_steps: int = f(10, "K_s: DDIM sampling steps")
+    num_seeds: int = f(4, "n: sub-policies (fixed seeds, or Gaussian BC members)")
+    base_seed: int = f(-1, "seed of sub-policy 0's noise generator; -1: 1000 * run seed")
+    denoiser: str = f("mlp", "denoiser network: mlp (fused kernel) or unet (paper's U-Net, PyTorch path)")
+    width: int = f(256, "denoiser / BC width")
+    num_blocks: int = f(3, "denoiser residual blocks / BC hidden layers")
+    time_dim: int = f(32, "sinusoidal step-embedding size")
+    ema: float = f(0.995, "EMA decay of the sampling copy")
+    seq_kl: bool = f(True, "use the sequence-level KL term -α·mean min(R_i, κ) in L_B")
+    alpha: float = f(0.1, "α: weight of the sequence-level KL term")
+    sigma_seq: float = f(0.1, "σ_seq of the Gaussian sequence densities in R_i")
+    kappa: float = f(1.0, "κ: cap of each R_i")
+    kl_every: int = f(2, "apply the KL term every this many updates")
+    kl_batch: int = f(64, "states in the KL term's sub-batch")
+    kl_chain_steps: int = f(5, "DDIM steps of the differentiable chain for the KL term")
+    divergence: bool = f(True, "adaptive perturbation in the sampler (False: η = 0, τ = 0)")
+    eta: float = f(0.1, "η: perturbation strength")
+    tau_quantile: float = f(0.25, "τ = this quantile of the nearest-competitor divergence")
+    tau_states: int = f(4096, "dataset states used to calibrate τ")
+    log_every: int = f(1000, "steps between metric rows")
+    checkpoint_every: int = f(10_000, "steps between resumable checkpoints")
+
+
+@dataclass
+class DynamicsConfig:
+    ensemble: int = f(7, "dynamics ensemble members")
+    elites: int = f(5, "members kept by hold-out error")
+    hidden: int = f(0, "member width; 0: 200 locomotion, 400 Adroit")
+    layers: int = f(4, "member hidden layers")
+    lr: float = f(1e-3, "Adam learning rate")
+    weight_decay: float = f(2.5e-5, "L2 penalty on member weights")
+    batch_size: int = f(256, "transitions per member per update")
+    max_epochs: int = f(200, "epoch cap per fit")
+    max_updates_per_epoch: int = f(0, "cap on updates per epoch (0: one pass over the data)")
+    patience: int = f(5, "epochs without hold-out improvement before stopping")
+    holdout_fraction: float = f(0.1, "fraction of real transitions held out (max 5000)")
+    augmentation: bool = f(True, "diffusion augmentation + refit (False: T̂ = T̂0)")
+    augment_ratio: float = f(2.0, "generate up to this multiple of the dataset size")
+    fresh_seed_prob: float = f(0.5, "probability of a fresh random seed instead of a sub-policy")
+    disagreement_quantile: float = f(0.9, "ε_KL = this quantile of the disagreement on real pairs")
+    augment_weight: float = f(0.5, "loss weight of augmented samples in the refit")
+    augment_batch: int = f(1024, "start states per augmentation rollout batch")
+    checkpoint_every: int = f(5, "epochs between resumable checkpoints")
+
+
+@dataclass
+class ImproveConfig:
+    steps: int = f(10_000, "BPPO steps per sub-policy (phase D)")
+    batch_size: int = f(512, "states per BPPO update")
+    lr: float = f(1e-4, "head learning rate (linear decay)")
+    clip: float = f(0.25, "initial ratio clip")
+    clip_decay: float = f(0.96, "clip multiplied by this at each OPE evaluation")
+    grad_clip: float = f(0.5, "gradient-norm clip")
+    entropy: float = f(0.0, "entropy bonus")
+    std_warmup_steps: int = f(2000, "log-std warm-start steps (NLL of dataset actions around μ^i_1)")
+    ope_every: int = f(1000, "E_ope: BPPO steps between AM-Q evaluations")
+    ope_states: int = f(256, "dataset start states of each AM-Q rollout")
+    ope_horizon: int = f(0, "H_ope: AM-Q rollout length; 0: 200 locomotion, 20 Adroit")
+    eval_episodes: int = f(10, "real-env episodes per policy in the final evaluation (0: skip)")
+    eval_raw: bool = f(True, "also evaluate each raw μ^i in the real env")
+
+
+@dataclass
+class OnlineConfig:
+    env_steps: int = f(1_000_000, "online environment steps (phase E)")
+    rollout_steps: int = f(2048, "steps per PPO rollout (summed over vector envs)")
+    num_envs: int = f(1, "vectorised environments")
+    epochs: int = f(10, "PPO epochs per rollout")
+    minibatch_size: int = f(128, "PPO minibatch size")
+    clip: float = f(0.05, "PPO ratio clip")
+    value_clip: float = f(0.05, "value-function clip (0: none)")
+    entropy: float = f(0.01, "entropy bonus")
+    gamma: float = f(0.99, "discount")
+    gae_lambda: float = f(0.95, "GAE λ")
+    lr_actor: float = f(2e-5, "head learning rate")
+    lr_critic: float = f(2e-4, "value learning rate")
+    reward_scale: float = f(0.1, "rewards are multiplied by this")
+    grad_clip: float = f(0.5, "gradient-norm clip")
+    freeze_backbone: bool = f(True, "keep the diffusion backbone frozen")
+    refit_value: bool = f(True, "refit V_τ on scaled rewards before PPO when reward_scale != 1")
+    eval_every: int = f(10_000, "env steps between deterministic evaluations")
+    eval_episodes: int = f(10, "episodes per evaluation")
+    checkpoint_every: int = f(10_000, "env steps between resumable checkpoints")
+
+
+@dataclass
+class Config:
+    dataset: str = f("local/hopper/medium-v0", "Minari dataset id")
+    preset: str = f("paper", "budget preset: smoke, bench or paper")
+    seed: int = f(0, "run seed (python, numpy, torch)")
+    out: str = f("runs", "parent folder of run directories (runs/<dataset>/<time>-<seed>)")
+    run_dir: str = f("", "exact run directory (overrides out); reuse one with --resume")
+    resume: bool = f(False, "continue the run in run_dir from its checkpoints")
+    policy: str = f("diffusion", "diffusion (UEPO) or gaussian-ensemble (Uni-O4 BC ensemble)")
+    download: bool = f(False, "let Minari download a dataset that is not found locally")
+    device: str = f("cpu", "torch device")
+    threads: int = f(1, "torch CPU threads")
+    data: DataConfig = field(default_factory=DataConfig)
+    critics: CriticConfig = field(default_factory=CriticConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    improve: ImproveConfig = field(default_factory=ImproveConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+
+
+SECTIONS = ("data", "critics", "pretrain", "dynamics", "improve", "online")
+
+# Each preset lists the fields it changes from the defaults (the defaults are the paper protocol).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {},
+    "bench": {  # phases A–D of local/hopper/medium-v0 in ≤ 30 min on 2 shared CPU cores, 1 thread
+        "critics": {"steps": 50_000, "log_every": 500, "checkpoint_every": 5000},
+        "pretrain": {"steps": 20_000, "warmup_steps": 500, "tau_states": 2048, "log_every": 250,
+                     "checkpoint_every": 2000},
+        "dynamics": {"max_epochs": 30, "max_updates_per_epoch": 150, "augment_ratio": 1.0,
+                     "patience": 4, "checkpoint_every": 5},
+        "improve": {"steps": 2000, "ope_every": 250, "ope_states": 64, "std_warmup_steps": 500,
+                    "eval_episodes": 5},
+        "online": {"env_steps": 50_000, "eval_every": 5000, "eval_episodes": 5},
+    },
+    "smoke": {  # seconds: CI and the end-to-end test
+        "critics": {"steps": 60, "batch_size": 64, "hidden": 32, "layers": 2, "log_every": 20,
+                    "checkpoint_every": 30},
+        "pretrain": {"steps": 40, "batch_size": 32, "warmup_steps": 5, "width": 32, "num_blocks": 1,
+                     "diffusion_steps": 20, "sampling_steps": 5, "kl_batch": 8, "kl_chain_steps": 3,
+                     "tau_states": 64, "log_every": 10, "checkpoint_every": 20},
+        "dynamics": {"ensemble": 3, "elites": 2, "hidden": 32, "layers": 2, "max_epochs": 3,
+                     "max_updates_per_epoch": 10, "batch_size": 64, "augment_ratio": 0.5,
+                     "augment_batch": 64, "checkpoint_every": 2},
+        "improve": {"steps": 20, "batch_size": 64, "std_warmup_steps": 10, "ope_every": 10,
+                    "ope_states": 8, "ope_horizon": 10, "eval_episodes": 1},
+        "online": {"env_steps": 2048, "rollout_steps": 256, "minibatch_size": 64, "epochs": 2,
+                   "eval_every": 1024, "eval_episodes": 1, "checkpoint_every": 1024},
+    },
+}
+
+
+def preset(name: str) -> Config:
+    """The default config with a preset's changes applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    cfg = Config(preset=name)
+    apply_overrides(cfg, PRESETS[name])
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Merge a nested dict ({section: {field: value}} or {field: value}) into ``cfg`` with type checks."""
+    for key, value in overrides.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ValueError(f"config section {key!r} must be a mapping, got {value!r}")
+            section = getattr(cfg, key)
+            for sub, v in value.items():
+                _set_field(section, sub, v, f"{key}.{sub}")
+        else:
+            _set_field(cfg, key, value, key)
+    return cfg
+
+
+def _set_field(obj: Any, name: str, value: Any, label: str) -> None:
+    fields = {fl.name: fl for fl in dataclasses.fields(obj)}
+    if name not in fields:
+        raise ValueError(f"unknown config field {label!r}; run `python -m uepo.train --help` for the list")
+    setattr(obj, name, _coerce(value, type(getattr(obj, name)), label))
+
+
+def _coerce(value: Any, typ: type, label: str) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{label} expects true/false, got {value!r}")
+    try:
+        if typ is int and isinstance(value, str):
+            return int(float(value)) if "e" in value.lower() else int(value)
+        return typ(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{label} expects a {typ.__name__}, got {value!r}") from exc
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> Config:
+    cfg = Config()
+    return apply_overrides(cfg, d)
+
+
+def save_yaml(cfg: Config, path: Path) -> None:
+    from uepo.runs import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_yaml(path: Path) -> dict:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of fields")
+    return data
+
+
+def _field_index() -> tuple[dict[str, tuple[str | None, dataclasses.Field]], set[str]]:
+    """flag name -> (section or None, field); and the names that are ambiguous without a section."""
+    index: dict[str, tuple[str | None, dataclasses.Field]] = {}
+    seen: dict[str, int] = {}
+    for fl in dataclasses.fields(Config):
+        if fl.name not in SECTIONS:
+            index[fl.name] = (None, fl)
+            seen[fl.name] = seen.get(fl.name, 0) + 1
+    for sec in SECTIONS:
+        for fl in dataclasses.fields(getattr(Config(), sec)):
+            index[f"{sec}.{fl.name}"] = (sec, fl)
+            seen[fl.name] = seen.get(fl.name, 0) + 1
+    ambiguous = {name for name, count in seen.items() if count > 1}
+    return index, ambiguous
+
+
+# Shorthand flags of the CLI (the paper's comparisons and ablations) -> overrides.
+SHORTHANDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "--no-divergence": ("no adaptive perturbation in the sampler", {"pretrain": {"divergence": False}}),
+    "--no-seq-kl": ("no sequence-level KL term in L_B", {"pretrain": {"seq_kl": False}}),
+    "--no-augmentation": ("no diffusion augmentation of the dynamics data",
+                          {"dynamics": {"augmentation": False}}),
+    "--download": ("let Minari download the dataset", {"download": True}),
+    "--resume": ("continue run_dir from its checkpoints", {"resume": True}),
+}
+
+
+def build_parser(prog: str = "python -m uepo.train") -> argparse.ArgumentParser:
+    index, ambiguous = _field_index()
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the UEPO offline pipeline (phases A–D) on a Minari dataset.",
+        epilog="Fields can also be set as --section.field; unique field names also as --field.",
+    )
+    parser.add_argument("--config", default=None, help="YAML file of overrides (applied after the preset)")
+    for flag, (help_text, _) in SHORTHANDS.items():
+        dest = "short_" + flag[2:].replace("-", "_")
+        parser.add_argument(flag, action="store_true", dest=dest, help=help_text)
+    for name, (sec, fl) in index.items():
+        default = getattr(getattr(Config(), sec) if sec else Config(), fl.name)
+        flags = [f"--{name}"]
+        if sec and fl.name not in ambiguous:
+            flags.append(f"--{fl.name}")
+        if sec is None and name in ("resume", "download"):
+            continue  # given by the shorthand flags above
+        group = parser if sec is None else _group(parser, sec)
+        group.add_argument(*flags, dest="field__" + name.replace(".", "__"), default=None, metavar="V",
+                           help=f"{fl.metadata.get('help', '')} (default {default!r})")
+    return parser
+
+
+_groups: dict[int, dict[str, argparse._ArgumentGroup]] = {}
+
+
+def _group(parser: argparse.ArgumentParser, sec: str) -> argparse._ArgumentGroup:
+    groups = _groups.setdefault(id(parser), {})
+    if sec not in groups:
+        groups[sec] = parser.add_argument_group(f"{sec} ({type(getattr(Config(), sec)).__name__})")
+    return groups[sec]
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """preset -> YAML -> CLI overrides -> validated ``Config``."""
+    args = build_parser().parse_args(argv)
+    values = vars(args)
+    cli: dict[str, Any] = {}
+    for key, value in values.items():
+        if key.startswith("field__") and value is not None:
+            parts = key[len("field__"):].split("__")
+            if len(parts) == 2:
+                cli.setdefault(parts[0], {})[parts[1]] = value
+            else:
+                cli[parts[0]] = value
+    preset_name = cli.get("preset", "paper")
+    if args.config:
+        file_over = load_yaml(Path(args.config))
+        preset_name = cli.get("preset", file_over.get("preset", preset_name))
+    cfg = preset(str(preset_name))
+    if args.config:
+        apply_overrides(cfg, load_yaml(Path(args.config)))
+    for flag, (_, over) in SHORTHANDS.items():
+        if values["short_" + flag[2:].replace("-", "_")]:
+            apply_overrides(cfg, over)
+    apply_overrides(cfg, cli)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    if cfg.policy not in ("diffusion", "gaussian-ensemble"):
+        raise ValueError(f"--policy must be 'diffusion' or 'gaussian-ensemble', got {cfg.policy!r}")
+    if cfg.pretrain.denoiser not in ("mlp", "unet"):
+        raise ValueError(f"--denoiser must be 'mlp' or 'unet', got {cfg.pretrain.denoiser!r}")
+    if cfg.data.horizon < 3:
+        raise ValueError("--horizon must be >= 3 (the divergence uses accelerations)")
+    if cfg.pretrain.num_seeds < 1:
+        raise ValueError("--num_seeds must be >= 1")
+    if cfg.dynamics.elites > cfg.dynamics.ensemble:
+        raise ValueError("--elites cannot exceed --ensemble")
+    if not 1 <= cfg.pretrain.kl_chain_steps <= cfg.pretrain.diffusion_steps:
+        raise ValueError("--kl_chain_steps must be in [1, diffusion_steps]")

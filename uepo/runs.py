@@ -1,0 +1,181 @@
+"""Run directory, metrics, checkpoints and reproducibility (docs/CONTRACTS.md).
+
+A run directory holds ``config.yaml``, ``metrics.csv`` (long format: time, phase, step, key,
+value) with the same scalars as TensorBoard events, ``checkpoints/*.pt`` (atomic writes, plus
+``latest.pt``), ``plots/`` and ``summary.json``. Every write that a crash could tear is atomic:
+temp file, fsync, ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or metric became NaN/inf; the message names the phase, step and quantity."""
+
+
+def check_finite(value: Tensor | float, phase: str, step: int, name: str) -> None:
+    """Raise ``NonFiniteLossError`` when ``value`` holds a NaN or an infinity."""
+    finite = bool(torch.isfinite(value).all()) if isinstance(value, Tensor) else math.isfinite(float(value))
+    if not finite:
+        raise NonFiniteLossError(
+            f"phase {phase!r}, step {step}: {name} is not finite ({value!r}). The last good checkpoint "
+            "is kept; lower the learning rate or check the dataset for NaNs, then resume with --resume."
+        )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (the one seeding helper of the project)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict:
+    """State of every generator that training draws from, for checkpoints."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """Inverse of ``capture_rng``."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(file)`` on a temp file next to ``path``, fsync it, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    _atomic_write_bytes(Path(path), lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(Path(path), lambda f: f.write(text.encode()))
+
+
+class Run:
+    """One run directory: metrics, timers, checkpoints, summary."""
+
+    def __init__(self, root: Path, resume: bool = False, tensorboard: bool = True):
+        self.dir = Path(root)
+        self.resume = resume  # the caller decides whether phases restart from their checkpoints
+        self.checkpoints = self.dir / "checkpoints"
+        self.plots = self.dir / "plots"
+        for d in (self.dir, self.checkpoints, self.plots):
+            d.mkdir(parents=True, exist_ok=True)
+        self._metrics_path = self.dir / "metrics.csv"
+        new_file = not self._metrics_path.exists()
+        self._metrics_file = open(self._metrics_path, "a", newline="")  # noqa: SIM115 (lives with the run)
+        self._csv = csv.writer(self._metrics_file)
+        if new_file:
+            self._csv.writerow(["time", "phase", "step", "key", "value"])
+            self._metrics_file.flush()
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a declared dependency; the CSV still has everything
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(log_dir=str(self.dir))
+
+    # -- metrics -------------------------------------------------------------------------------
+    def log(self, phase: str, step: int, **metrics: float) -> None:
+        now = time.time()
+        for key, value in metrics.items():
+            value = float(value.item() if isinstance(value, Tensor) else value)
+            self._csv.writerow([f"{now:.3f}", phase, int(step), key, repr(value)])
+            if self._tb is not None:
+                self._tb.add_scalar(f"{phase}/{key}", value, int(step))
+        self._metrics_file.flush()
+
+    @contextlib.contextmanager
+    def timer(self, phase: str) -> Iterator[None]:
+        """Adds the wall time of the block to summary.json's ``timings_s[phase]`` (accumulates on resume)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            timings = dict(self.read_summary().get("timings_s", {}))
+            timings[phase] = round(timings.get(phase, 0.0) + elapsed, 3)
+            self.update_summary(timings_s=timings)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self, name: str, state: dict) -> Path:
+        path = self.checkpoints / f"{name}.pt"
+        atomic_torch_save(state, path)
+        if name != "latest":
+            atomic_torch_save(state, self.checkpoints / "latest.pt")
+        return path
+
+    def load_checkpoint(self, name: str) -> dict | None:
+        path = self.checkpoints / f"{name}.pt"
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # torn or foreign file: say which and what to do
+            raise RuntimeError(
+                f"checkpoint {path} cannot be read ({exc}); delete it to restart that phase from its "
+                "previous checkpoint"
+            ) from exc
+
+    # -- summary -------------------------------------------------------------------------------
+    def read_summary(self) -> dict:
+        path = self.dir / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def update_summary(self, **items: Any) -> None:
+        summary = self.read_summary()
+        summary.update(items)
+        atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2, default=_json_default))
+
+    def close(self) -> None:
+        self._metrics_file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to summary.json")

@@ -23,7 +23,8 @@ SHIPPED_ROOT = REPO / "uepo" / "datasets"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="local/hopper/medium-v0", help="Minari id to subsample")
     parser.add_argument("--target", default="local/hopper/medium-small-v0", help="Minari id to write")
     parser.add_argument("--episodes", type=int, default=60, help="whole episodes to keep")

@@ -16,7 +16,8 @@ DEFAULT_DATASET_ID = "local/hopper/medium-small-v0"
 
 def shipped_dataset_ids() -> list[str]:
     """Ids of the datasets under SHIPPED_ROOT (folders holding data/metadata.json)."""
-    return sorted(str(p.parent.parent.relative_to(SHIPPED_ROOT)) for p in SHIPPED_ROOT.glob("**/data/metadata.json"))
+    found = SHIPPED_ROOT.glob("**/data/metadata.json")
+    return sorted(str(p.parent.parent.relative_to(SHIPPED_ROOT)) for p in found)
 
 
 def use_shipped_dataset(dataset_id: str) -> bool:

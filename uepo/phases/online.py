@@ -1,0 +1,426 @@
+"""Phase E: online PPO fine-tuning of the selected sub-policy (SPEC §3 E).
+
+The actor is sub-policy i*: its residual Gaussian head φ_{i*} around the diffusion action
+μ^{i*}_1(S_t), which comes from the fused multi-seed sampler and stays frozen (so it is computed
+once per env step and stored in the rollout). The critic starts from IQL's V_τ. Rewards are
+scaled by ``reward_scale``; V_τ is rescaled by the same factor (the value of scaled rewards is the
+scaled value), which is the refit in closed form.
+
+Truncated episodes are bootstrapped with V(final state), terminated ones are not.
+
+Resumable: a checkpoint is written at rollout boundaries (every ``checkpoint_every`` env steps and
+at the end). It holds the networks, optimisers, RNG states, counters, the current observations and
+the exact physics/RNG state of every env, so a run killed at any moment and resumed on the CPU
+continues exactly as the uninterrupted run would have (metrics rows logged after the last
+checkpoint are dropped on resume and logged again).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium.envs.registration import EnvSpec
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from uepo import envs
+from uepo.config import OnlineConfig
+from uepo.nets import ValueNet
+from uepo.policy import MultiSeedPolicy
+from uepo.runs import Run, capture_rng, check_finite, restore_rng, seed_everything
+
+PHASE = "online"
+CHECKPOINT = "online"
+ONLINE_SEED_OFFSET = 4  # phase E's stream: run seed + offset (A–D use their own)
+
+# D4RL reference returns (SPEC §1) for datasets whose metadata has none.
+D4RL_REFERENCE = {
+    "hopper": (-20.272305, 3234.3), "halfcheetah": (-280.178953, 12135.0), "walker2d": (1.629008, 4592.3),
+    "pen": (96.262799, 3076.83), "door": (-56.512833, 2880.57), "hammer": (-274.856578, 12794.13),
+    "relocate": (-6.425911, 4233.88),
+}
+
+
+def reference_scores(env_id: str, dataset_info: dict | None = None) -> tuple[float, float]:
+    """(ref_min, ref_max) from the dataset's metadata, else D4RL's constants for the robot."""
+    info = dataset_info or {}
+    if info.get("ref_min_score") is not None and info.get("ref_max_score") is not None:
+        return float(info["ref_min_score"]), float(info["ref_max_score"])
+    name = env_id.lower()
+    for robot, ref in D4RL_REFERENCE.items():
+        if robot in name.replace("adroithand", ""):
+            return ref
+    raise ValueError(f"no reference returns for env {env_id!r}: the dataset's metadata has none and "
+                     "it is not a D4RL robot; pass ref_scores=(min, max)")
+
+
+def normalized_score(returns: np.ndarray | float, ref: tuple[float, float]) -> np.ndarray | float:
+    return 100.0 * (np.asarray(returns) - ref[0]) / (ref[1] - ref[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO math
+# ---------------------------------------------------------------------------------------------
+
+
+def gae(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, ended: Tensor,
+        gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over a (T, N) rollout.
+
+    ``next_values[t]`` is V of the state that followed step t (the episode's final state when it
+    ended at t). δ_t = r_t + γ (1 − terminated_t) V(s'_t) − V(s_t): a truncated episode is
+    bootstrapped, a terminated one is not; the recursion A_t = δ_t + γλ A_{t+1} stops where any
+    episode ended (``ended`` = terminated or truncated). Returns advantages and value targets.
+    """
+    not_term, not_end = 1.0 - terminated.to(rewards.dtype), 1.0 - ended.to(rewards.dtype)
+    deltas = rewards + gamma * not_term * next_values - values
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        running = deltas[t] + gamma * lam * not_end[t] * running
+        adv[t] = running
+    return adv, adv + values
+
+
+def clipped_policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, clip: float) -> tuple[Tensor, Tensor]:
+    """PPO's clipped surrogate, to minimise: mean max(−A r, −A clip(r, 1±ε)); also the clip fraction."""
+    ratio = (logp - old_logp).exp()
+    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
+    return loss, ((ratio - 1).abs() > clip).float().mean()
+
+
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float) -> Tensor:
+    """½ mean max((V − R)², (V_old + clip(V − V_old, ±c) − R)²); plain ½ MSE when clip ≤ 0."""
+    if clip <= 0:
+        return 0.5 * ((values - returns) ** 2).mean()
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollout buffer
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """(T, N, ...) tensors of one rollout; obs are normalised last states, base the frozen μ^{i*}_1."""
+
+    obs: Tensor
+    base: Tensor
+    actions: Tensor
+    logp: Tensor
+    values: Tensor
+    rewards: Tensor
+    next_values: Tensor
+    terminated: Tensor
+    ended: Tensor
+
+    @classmethod
+    def empty(cls, steps: int, num_envs: int, obs_dim: int, action_dim: int) -> Rollout:
+        def z(*shape: int) -> Tensor:
+            return torch.zeros(steps, num_envs, *shape)
+
+        return cls(z(obs_dim), z(action_dim), z(action_dim), z(), z(), z(), z(), z(), z())
+
+
+# ---------------------------------------------------------------------------------------------
+# The phase
+# ---------------------------------------------------------------------------------------------
+
+
+def load_value(value_state: dict, obs_dim: int) -> ValueNet:
+    """V_τ from the offline bundle: {"state_dict", "config": {hidden, layers}} (or a bare state_dict)."""
+    sd = value_state.get("state_dict", value_state)
+    cfg = value_state.get("config", {}) if "state_dict" in value_state else {}
+    linears = [k for k in sd if k.endswith(".weight") and sd[k].dim() == 2]
+    hidden = int(cfg.get("hidden", sd[linears[0]].shape[0]))
+    layers = int(cfg.get("layers", len(linears) - 1))
+    net = ValueNet(int(cfg.get("obs_dim", obs_dim)), hidden, layers)
+    net.load_state_dict(sd)
+    return net
+
+
+def scale_value(value: ValueNet, factor: float) -> None:
+    """V ← factor·V by scaling the output layer (exact: the value of scaled rewards)."""
+    out = [m for m in value.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        out.weight.mul_(factor)
+        out.bias.mul_(factor)
+
+
+class OnlineAgent:
+    """Sub-policy i* (frozen backbone + trainable head) and the critic, with their optimisers."""
+
+    def __init__(self, policy: MultiSeedPolicy, selected: int, value: ValueNet, cfg: OnlineConfig):
+        if not cfg.freeze_backbone:
+            raise ValueError(
+                "online.freeze_backbone=False is not supported: the fused sampler that produces "
+                "μ^{i*}_1 has no autograd. Keep the backbone frozen (the default, SPEC §3 E)."
+            )
+        self.policy, self.selected, self.value = policy, selected, value
+        self.head = policy.heads[selected]
+        policy.denoiser.requires_grad_(False)
+        self.opt_actor = torch.optim.Adam(self.head.parameters(), lr=cfg.lr_actor, eps=1e-5)
+        self.opt_critic = torch.optim.Adam(self.value.parameters(), lr=cfg.lr_critic, eps=1e-5)
+
+    @torch.no_grad()
+    def step_inputs(self, obs_history: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Normalised last states and μ^{i*}_1 for (N, T_o, d_s) raw histories."""
+        hist = torch.as_tensor(obs_history, dtype=torch.float32)
+        base = self.policy.base_chunks(hist, [self.selected])[:, 0, 0]
+        return self.policy.normalize(hist[:, -1]), base
+
+    @torch.no_grad()
+    def act(self, obs_history: np.ndarray) -> np.ndarray:
+        """Deterministic action (the head's mean), for evaluation."""
+        hist = torch.as_tensor(obs_history, dtype=torch.float32)
+        return self.policy.act(hist, self.selected, deterministic=True).double().numpy()
+
+    def state(self) -> dict:
+        return {"head": self.head.state_dict(), "value": self.value.state_dict(),
+                "opt_actor": self.opt_actor.state_dict(), "opt_critic": self.opt_critic.state_dict()}
+
+    def load(self, state: dict) -> None:
+        self.head.load_state_dict(state["head"])
+        self.value.load_state_dict(state["value"])
+        self.opt_actor.load_state_dict(state["opt_actor"])
+        self.opt_critic.load_state_dict(state["opt_critic"])
+
+
+def _collect(agent: OnlineAgent, vec: Any, obs: np.ndarray, steps: int, cfg: OnlineConfig,
+             ep_return: np.ndarray, ep_length: np.ndarray,
+             finished: list[tuple[float, int]]) -> tuple[Rollout, np.ndarray]:
+    """Run ``steps`` steps in each env (updating the running episode stats in place); returns
+    the rollout and the observations to continue from."""
+    n = vec.num_envs
+    buf = Rollout.empty(steps, n, agent.policy.obs_dim, agent.policy.action_dim)
+    obs_n, base = agent.step_inputs(obs)
+    for t in range(steps):
+        with torch.no_grad():
+            dist = agent.head.distribution(obs_n, base)
+            action = dist.sample()
+            buf.obs[t], buf.base[t], buf.actions[t] = obs_n, base, action
+            buf.logp[t], buf.values[t] = dist.log_prob(action), agent.value(obs_n)
+        env_action = action.clamp(-1.0, 1.0).double().numpy()
+        obs, reward, terminated, truncated, info = vec.step(env_action)
+        ended = terminated | truncated
+        ep_return += reward
+        ep_length += 1
+        for k in np.flatnonzero(ended):
+            finished.append((float(ep_return[k]), int(ep_length[k])))
+            ep_return[k], ep_length[k] = 0.0, 0
+        obs_n, base = agent.step_inputs(obs)
+        with torch.no_grad():
+            next_v = agent.value(obs_n)
+            trunc_only = np.flatnonzero(truncated & ~terminated)
+            if len(trunc_only):  # bootstrap from the episode's own final state, not the reset one
+                final = np.stack([info["final_obs"][k] for k in trunc_only])
+                final_n = agent.policy.normalize(torch.as_tensor(final[:, -1], dtype=torch.float32))
+                next_v[torch.as_tensor(trunc_only)] = agent.value(final_n)
+        buf.rewards[t] = torch.as_tensor(reward * cfg.reward_scale, dtype=torch.float32)
+        buf.next_values[t] = next_v
+        buf.terminated[t] = torch.as_tensor(terminated, dtype=torch.float32)
+        buf.ended[t] = torch.as_tensor(ended, dtype=torch.float32)
+    return buf, obs
+
+
+def _update(agent: OnlineAgent, buf: Rollout, cfg: OnlineConfig, step: int) -> dict[str, float]:
+    """K epochs of minibatch PPO on one rollout; returns the mean diagnostics."""
+    adv, returns = gae(buf.rewards, buf.values, buf.next_values, buf.terminated, buf.ended,
+                       cfg.gamma, cfg.gae_lambda)
+    flat = {f.name: getattr(buf, f.name).flatten(0, 1) for f in dataclasses.fields(buf)}
+    flat["adv"], flat["returns"] = adv.reshape(-1), returns.reshape(-1)
+    total = flat["adv"].shape[0]
+    sums: dict[str, float] = {}
+    count = 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(total)
+        for start in range(0, total, cfg.minibatch_size):
+            idx = order[start:start + cfg.minibatch_size]
+            mb_adv = flat["adv"][idx]
+            if len(idx) > 1:
+                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+            dist = agent.head.distribution(flat["obs"][idx], flat["base"][idx])
+            logp = dist.log_prob(flat["actions"][idx])
+            policy_loss, clip_frac = clipped_policy_loss(logp, flat["logp"][idx], mb_adv, cfg.clip)
+            entropy = dist.entropy().mean()
+            value_loss = clipped_value_loss(agent.value(flat["obs"][idx]), flat["values"][idx],
+                                            flat["returns"][idx], cfg.value_clip)
+            for name, loss in (("policy_loss", policy_loss), ("value_loss", value_loss)):
+                check_finite(loss, PHASE, step, name)
+            agent.opt_actor.zero_grad(set_to_none=True)
+            agent.opt_critic.zero_grad(set_to_none=True)
+            (policy_loss - cfg.entropy * entropy + value_loss).backward()  # disjoint parameters
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(agent.head.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_(agent.value.parameters(), cfg.grad_clip)
+            agent.opt_actor.step()
+            agent.opt_critic.step()
+            with torch.no_grad():
+                log_ratio = logp - flat["logp"][idx]
+                approx_kl = (log_ratio.exp() - 1 - log_ratio).mean()  # ≥ 0, low variance
+            for k, v in (("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", entropy),
+                         ("approx_kl", approx_kl), ("clip_frac", clip_frac)):
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            count += 1
+    stats = {k: v / count for k, v in sums.items()}
+    var = flat["returns"].var()
+    stats["explained_var"] = float(1 - (flat["returns"] - flat["values"]).var() / var) if var > 0 else 0.0
+    with torch.no_grad():
+        _, log_std = agent.head(flat["obs"], flat["base"])
+    stats["action_std"] = float(log_std.exp().mean())
+    return stats
+
+
+def _drop_metrics_after(run: Run, phase: str, step: int) -> None:
+    """Cut metrics.csv before the first ``phase`` row past ``step`` (rows a killed run logged after
+    its last checkpoint; the resumed run logs them again). In place, so Run's append handle stays valid."""
+    path = run.dir / "metrics.csv"
+    if not path.exists():
+        return
+    with open(path, "r+", newline="") as f:
+        text = f.read()
+        offset = 0
+        for line in io.StringIO(text, newline=""):
+            row = next(csv.reader([line]), [])
+            if len(row) == 5 and row[1] == phase and row[2].isdigit() and int(row[2]) > step:
+                f.seek(offset)
+                f.truncate()
+                return
+            offset += len(line.encode())
+
+
+def run_online(
+    run: Run,
+    cfg: OnlineConfig,
+    offline: dict,
+    seed: int,
+    env: str | EnvSpec | None = None,
+    ref_scores: tuple[float, float] | None = None,
+    progress: bool = True,
+) -> dict:
+    """PPO from the offline bundle (checkpoints/offline.pt: policy, selected, value, dataset,
+    env_id); resumes from checkpoints/online.pt when the run holds one. Returns the summary."""
+    env = env if env is not None else offline["env_id"]
+    env_id = env if isinstance(env, str) else env.id
+    ref = ref_scores or reference_scores(env_id, offline.get("dataset"))
+    policy = MultiSeedPolicy.from_state(offline["policy"])
+    selected = int(offline["selected"])
+    value = load_value(offline["value"], policy.obs_dim)
+    if cfg.refit_value and cfg.reward_scale != 1.0:
+        scale_value(value, cfg.reward_scale)
+    agent = OnlineAgent(policy, selected, value, cfg)
+
+    num_envs = cfg.num_envs
+    steps_per_env = cfg.rollout_steps // num_envs
+    if steps_per_env < 1:
+        raise ValueError(f"online.rollout_steps ({cfg.rollout_steps}) must be >= online.num_envs "
+                         f"({num_envs})")
+    per_rollout = steps_per_env * num_envs
+    vec = envs.make_vector_env(env, num_envs, policy.history)
+    obs, _ = vec.reset(seed=[seed * 1000 + j for j in range(num_envs)])
+    eval_seed = 1_000_000 + seed * 1000  # the same eval episodes every time: a less noisy curve
+    config_dict = dataclasses.asdict(cfg)
+
+    counters = {"env_steps": 0, "updates": 0, "next_eval": 0, "next_checkpoint": cfg.checkpoint_every}
+    ep_return, ep_length = np.zeros(num_envs), np.zeros(num_envs, dtype=np.int64)
+    history: dict[str, Any] = {"score_start": None, "best_score": -math.inf, "last_score": None}
+    saved = run.load_checkpoint(CHECKPOINT)
+    if saved is not None:
+        _check_resumable(saved, config_dict, selected, num_envs)
+        agent.load(saved["agent"])
+        counters, history = dict(saved["counters"]), dict(saved["history"])
+        envs.restore_env_state(vec, saved["env_state"])
+        obs = saved["obs"].numpy().copy()
+        ep_return, ep_length = saved["ep_return"].numpy().copy(), saved["ep_length"].numpy().copy()
+        restore_rng(saved["rng"])
+        _drop_metrics_after(run, PHASE, counters["env_steps"])
+        if saved.get("done") and counters["env_steps"] >= cfg.env_steps:
+            vec.close()
+            return saved["summary"]
+    else:
+        seed_everything(seed + ONLINE_SEED_OFFSET)  # the same start whatever ran before in this process
+
+    def evaluate() -> float:
+        returns, lengths = envs.run_episodes(agent.act, env, cfg.eval_episodes, eval_seed, policy.history)
+        score = float(np.mean(normalized_score(returns, ref)))
+        run.log(PHASE, counters["env_steps"], eval_return=float(returns.mean()), eval_score=score,
+                eval_return_std=float(returns.std()), eval_length=float(lengths.mean()))
+        history["last_score"] = score
+        history["best_score"] = max(history["best_score"], score)
+        if history["score_start"] is None:
+            history["score_start"] = score
+        return score
+
+    def checkpoint(done: bool, summary: dict | None = None) -> None:
+        run.save_checkpoint(CHECKPOINT, {
+            "policy": policy.state(), "selected": selected,
+            "value": {"state_dict": value.state_dict(), "config": {"obs_dim": policy.obs_dim}},
+            "dataset": offline.get("dataset"), "env_id": env_id,
+            "agent": agent.state(), "counters": counters, "history": history, "config": config_dict,
+            "rng": capture_rng(), "env_state": envs.capture_env_state(vec),
+            "obs": torch.as_tensor(obs), "ep_return": torch.as_tensor(ep_return),
+            "ep_length": torch.as_tensor(ep_length), "done": done, "summary": summary,
+        })
+
+    bar = tqdm(total=cfg.env_steps, initial=counters["env_steps"], desc="online PPO", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    with run.timer(PHASE):
+        if counters["env_steps"] >= counters["next_eval"]:
+            evaluate()
+            counters["next_eval"] += cfg.eval_every
+        while counters["env_steps"] < cfg.env_steps:
+            start = time.perf_counter()
+            finished: list[tuple[float, int]] = []
+            buf, obs = _collect(agent, vec, obs, steps_per_env, cfg, ep_return, ep_length, finished)
+            counters["env_steps"] += per_rollout
+            sps = per_rollout / (time.perf_counter() - start)
+            stats = _update(agent, buf, cfg, counters["env_steps"])
+            counters["updates"] += 1
+            if finished:
+                rets = np.array([r for r, _ in finished])
+                stats.update(episode_return=float(rets.mean()),
+                             episode_score=float(normalized_score(rets, ref).mean()),
+                             episode_length=float(np.mean([n for _, n in finished])))
+            run.log(PHASE, counters["env_steps"], **stats)
+            run.log(PHASE, counters["env_steps"], env_steps_per_s=sps)
+            done = counters["env_steps"] >= cfg.env_steps
+            if counters["env_steps"] >= counters["next_eval"] or done:
+                evaluate()
+                while counters["next_eval"] <= counters["env_steps"]:
+                    counters["next_eval"] += cfg.eval_every
+            bar.update(per_rollout)
+            bar.set_postfix(score=f"{history['last_score']:.1f}",
+                            ret=f"{stats.get('episode_return', float('nan')):.0f}")
+            if counters["env_steps"] >= counters["next_checkpoint"] and not done:
+                while counters["next_checkpoint"] <= counters["env_steps"]:
+                    counters["next_checkpoint"] += cfg.checkpoint_every
+                checkpoint(False)
+    bar.close()
+    summary = {"env_id": env_id, "selected": selected, "env_steps": counters["env_steps"],
+               "score_start": history["score_start"], "score_final": history["last_score"],
+               "score_best": history["best_score"], "ref_scores": list(ref),
+               "eval_episodes": cfg.eval_episodes, "num_envs": num_envs}
+    checkpoint(True, summary)
+    run.update_summary(online=summary)
+    vec.close()
+    return summary
+
+
+def _check_resumable(saved: dict, config: dict, selected: int, num_envs: int) -> None:
+    """Refuse a checkpoint made under another online config (the result would be neither run)."""
+    changed = {k: (saved["config"].get(k), v) for k, v in config.items()
+               if k not in ("env_steps", "eval_every", "checkpoint_every") and saved["config"].get(k) != v}
+    if changed or int(saved["selected"]) != selected:
+        details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()) or "selected sub-policy"
+        raise ValueError(f"checkpoints/online.pt was made with another online config ({details}); resume "
+                         "with the run's own config.yaml, or start a new run directory")

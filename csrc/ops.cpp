@@ -92,7 +92,7 @@ std::tuple<at::Tensor, at::Tensor> multiseed_sample_impl(
   SamplerShape sh;
   sh.blocks = int64_t(weights.size() - 10) / 6;
   TORCH_CHECK(in_w.dim() == 2, op, ": the input layer weight must be 2-D, got ", shape_str(in_w));
-  sh.width = in_w.size(0);
+  sh.width = in_w.size(1);
   sh.time_dim = weights[3].size(0);
   TORCH_CHECK(sh.time_dim >= 4 && sh.time_dim % 2 == 0, op,
               ": the time embedding width must be even and >= 4, got ", sh.time_dim);
@@ -101,33 +101,33 @@ std::tuple<at::Tensor, at::Tensor> multiseed_sample_impl(
               " does not divide the denoiser's output width ", sh.chunk_dim);
   sh.horizon = horizon;
   sh.action_dim = sh.chunk_dim / horizon;
-  sh.cond_dim = in_w.size(1) - sh.chunk_dim - sh.time_dim;
-  TORCH_CHECK(sh.cond_dim >= 0, op, ": the input layer has ", in_w.size(1),
+  sh.cond_dim = in_w.size(0) - sh.chunk_dim - sh.time_dim;
+  TORCH_CHECK(sh.cond_dim >= 0, op, ": the input layer has ", in_w.size(0),
               " inputs, fewer than chunk + time embedding = ", sh.chunk_dim + sh.time_dim);
 
-  // Every weight's shape, in kernel_weights() order.
+  // Every weight's shape, in kernel_weights() order; matrices are stored (in, out).
   const int64_t T = sh.time_dim, W = sh.width;
-  const int64_t T1 = weights[0].size(0);
-  check_shape(weights[0], {T1, T}, op, "weights[0] (time layer 1 weight)");
+  const int64_t T1 = weights[0].size(1);
+  check_shape(weights[0], {T, T1}, op, "weights[0] (time layer 1 weight)");
   check_shape(weights[1], {T1}, op, "weights[1] (time layer 1 bias)");
-  check_shape(weights[2], {T, T1}, op, "weights[2] (time layer 2 weight)");
+  check_shape(weights[2], {T1, T}, op, "weights[2] (time layer 2 weight)");
   check_shape(weights[5], {W}, op, "weights[5] (input bias)");
   std::vector<int64_t> hidden(sh.blocks);
   for (int64_t j = 0; j < sh.blocks; ++j) {
     const size_t o = 6 + 6 * j;
     const std::string b = "block " + std::to_string(j) + " ";
-    hidden[j] = weights[o + 2].size(0);
+    hidden[j] = weights[o + 2].size(1);
     check_shape(weights[o], {W}, op, b + "LayerNorm weight");
     check_shape(weights[o + 1], {W}, op, b + "LayerNorm bias");
-    check_shape(weights[o + 2], {hidden[j], W}, op, b + "fc1 weight");
+    check_shape(weights[o + 2], {W, hidden[j]}, op, b + "fc1 weight");
     check_shape(weights[o + 3], {hidden[j]}, op, b + "fc1 bias");
-    check_shape(weights[o + 4], {W, hidden[j]}, op, b + "fc2 weight");
+    check_shape(weights[o + 4], {hidden[j], W}, op, b + "fc2 weight");
     check_shape(weights[o + 5], {W}, op, b + "fc2 bias");
   }
   const size_t o = weights.size() - 4;
   check_shape(weights[o], {W}, op, "output LayerNorm weight");
   check_shape(weights[o + 1], {W}, op, "output LayerNorm bias");
-  check_shape(weights[o + 2], {sh.chunk_dim, W}, op, "output weight");
+  check_shape(weights[o + 2], {W, sh.chunk_dim}, op, "output weight");
 
   TORCH_CHECK(cond_in.dim() == 2 && cond_in.size(1) == sh.cond_dim, op,
               ": cond must have shape (B, ", sh.cond_dim,
@@ -162,26 +162,24 @@ std::tuple<at::Tensor, at::Tensor> multiseed_sample_impl(
   TORCH_CHECK(!return_div || H >= 3, op, ": return_div needs chunks of H >= 3");
 
   // ---- preparation: everything that does not change across steps ----
+  std::vector<at::Tensor> wc(weights.begin(), weights.end());
+  for (auto& t : wc) t = t.contiguous();
   const int64_t B = sh.batch, n = sh.seeds, R = B * n, Hd = sh.chunk_dim, C = sh.cond_dim;
   const auto opts = in_w.options();
   auto cond = cond_in.contiguous();
   auto perturb = perturb_in.contiguous();
-  auto wx = in_w.narrow(1, 0, Hd).t().contiguous();  // (Hd, W): h = x @ wx
-  auto state_proj = C > 0 ? at::mm(cond, in_w.narrow(1, Hd + T, C).t()) : at::zeros({B, W}, opts);
+  // The input layer splits into the chunk rows (every step), the time rows (once per step,
+  // shared by all states) and the state rows (once per call, shared by all seeds and steps).
+  const auto& in_wc = wc[4];
+  auto wx = in_wc.narrow(0, 0, Hd);  // a contiguous row block: h = x @ wx
+  auto state_proj = C > 0 ? at::mm(cond, in_wc.narrow(0, Hd + T, C)) : at::zeros({B, W}, opts);
   state_proj = state_proj.contiguous();
   auto temb = sinusoidal_embedding(timesteps, T).to(opts);
-  temb = at::mish(at::addmm(weights[1], temb, weights[0].t()));
-  temb = at::addmm(weights[3], temb, weights[2].t());
-  auto step_bias = at::addmm(weights[5], temb, in_w.narrow(1, Hd, T).t()).contiguous();  // (K, W)
-
-  std::vector<at::Tensor> w1t(sh.blocks), w2t(sh.blocks);
+  temb = at::mish(at::addmm(wc[1], temb, wc[0]));
+  temb = at::addmm(wc[3], temb, wc[2]);
+  auto step_bias = at::addmm(wc[5], temb, in_wc.narrow(0, Hd, T)).contiguous();  // (K, W)
   int64_t max_hidden = 1;
-  for (int64_t j = 0; j < sh.blocks; ++j) {
-    w1t[j] = weights[6 + 6 * j + 2].t().contiguous();
-    w2t[j] = weights[6 + 6 * j + 4].t().contiguous();
-    max_hidden = std::max(max_hidden, hidden[j]);
-  }
-  auto out_wt = weights[o + 2].t().contiguous();
+  for (int64_t j = 0; j < sh.blocks; ++j) max_hidden = std::max(max_hidden, hidden[j]);
 
   auto x = noise_in.expand({B, n, H, D}).reshape({R, Hd}).clone(at::MemoryFormat::Contiguous);
   auto h = at::empty({R, W}, opts), u = at::empty({R, W}, opts);
@@ -190,20 +188,19 @@ std::tuple<at::Tensor, at::Tensor> multiseed_sample_impl(
   auto d = at::empty({B, n}, opts);
   auto div_out = return_div ? at::empty({B, n, K}, opts) : at::empty({0}, opts);
 
+  const at::Tensor no_bias;
   for (int64_t s = 0; s < K; ++s) {
-    at::mm_out(h, x, wx);
-    kernels.add_state_and_step_bias(h, state_proj, step_bias[s], n);
+    kernels.init_rows(h, state_proj, step_bias[s], n);
+    kernels.linear(x, wx, no_bias, h, /*accumulate=*/true, /*mish=*/false);
     for (int64_t j = 0; j < sh.blocks; ++j) {
       const size_t b = 6 + 6 * j;
       auto t = hid.narrow(1, 0, hidden[j]);
-      kernels.layernorm(h, weights[b], weights[b + 1], u, false);
-      at::addmm_out(t, weights[b + 3], u, w1t[j]);
-      kernels.mish_(t);
-      h.addmm_(t, w2t[j]);
-      h.add_(weights[b + 5]);
+      kernels.layernorm(h, wc[b], wc[b + 1], u, false);
+      kernels.linear(u, wc[b + 2], wc[b + 3], t, false, /*mish=*/true);
+      kernels.linear(t, wc[b + 4], wc[b + 5], h, /*accumulate=*/true, false);
     }
-    kernels.layernorm(h, weights[o], weights[o + 1], u, true);
-    at::addmm_out(eps_hat, weights[o + 3], u, out_wt);
+    kernels.layernorm(h, wc[o], wc[o + 1], u, true);
+    kernels.linear(u, wc[o + 2], wc[o + 3], eps_hat, false, false);
 
     StepParams p;
     p.step = s;

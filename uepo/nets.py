@@ -29,21 +29,37 @@ def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
 def residual_mlp_apply(weights: Sequence[Tensor], x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
     """The residual-MLP denoiser as a function of its ``kernel_weights()``.
 
-    x (N, H·d_a), t (N,) timesteps, cond (N, C) -> ε̂ (N, H·d_a). Layout of the input layer:
-    [x, time embedding, cond].
+    x (N, H·d_a), t (N,) timesteps, cond (N, C) -> ε̂ (N, H·d_a). Weight matrices are stored
+    (in, out), so a layer is ``x @ W + b``; the input layer reads [x, time embedding, cond].
     """
     w = list(weights)
     time_dim = w[3].shape[0]
     temb = sinusoidal_embedding(t, time_dim).to(x.dtype)
-    temb = F.linear(F.mish(F.linear(temb, w[0], w[1])), w[2], w[3])
-    h = F.linear(torch.cat([x, temb, cond], dim=-1), w[4], w[5])
+    temb = torch.addmm(w[3], F.mish(torch.addmm(w[1], temb, w[0])), w[2])
+    h = torch.addmm(w[5], torch.cat([x, temb, cond], dim=-1), w[4])
     for j in range((len(w) - 10) // 6):
         ln_w, ln_b, w1, b1, w2, b2 = w[6 + 6 * j : 12 + 6 * j]
         u = F.layer_norm(h, (h.shape[-1],), ln_w, ln_b, LAYER_NORM_EPS)
-        h = h + F.linear(F.mish(F.linear(u, w1, b1)), w2, b2)
+        h = h + torch.addmm(b2, F.mish(torch.addmm(b1, u, w1)), w2)
     out_ln_w, out_ln_b, out_w, out_b = w[-4:]
     u = F.mish(F.layer_norm(h, (h.shape[-1],), out_ln_w, out_ln_b, LAYER_NORM_EPS))
-    return F.linear(u, out_w, out_b)
+    return torch.addmm(out_b, u, out_w)
+
+
+class Dense(nn.Module):
+    """x @ W + b with W stored (in, out): the layout the fused kernels read without a transpose.
+
+    Initialised like ``nn.Linear`` (uniform ±1/√in for weight and bias).
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        bound = 1 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.weight + self.bias
 
 
 class ResidualBlock(nn.Module):
@@ -52,8 +68,8 @@ class ResidualBlock(nn.Module):
     def __init__(self, width: int, hidden: int):
         super().__init__()
         self.norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
+        self.fc1 = Dense(width, hidden)
+        self.fc2 = Dense(hidden, width)
 
 
 class ResidualMLPDenoiser(nn.Module):
@@ -74,14 +90,14 @@ class ResidualMLPDenoiser(nn.Module):
             raise ValueError(f"time_dim must be even and >= 4, got {time_dim}")
         self.horizon, self.action_dim, self.cond_dim = horizon, action_dim, cond_dim
         hidden = hidden or width
-        self.time_mlp = nn.ModuleList([nn.Linear(time_dim, 2 * time_dim), nn.Linear(2 * time_dim, time_dim)])
-        self.input = nn.Linear(horizon * action_dim + time_dim + cond_dim, width)
+        self.time_mlp = nn.ModuleList([Dense(time_dim, 2 * time_dim), Dense(2 * time_dim, time_dim)])
+        self.input = Dense(horizon * action_dim + time_dim + cond_dim, width)
         self.blocks = nn.ModuleList(ResidualBlock(width, hidden) for _ in range(num_blocks))
         self.out_norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
-        self.out = nn.Linear(width, horizon * action_dim)
+        self.out = Dense(width, horizon * action_dim)
 
     def kernel_weights(self) -> list[Tensor]:
-        """Parameters in the order the fused sampler takes them (see csrc/ops.cpp)."""
+        """Parameters in the order and layout the fused sampler takes them (see csrc/ops.cpp)."""
         w = [self.time_mlp[0].weight, self.time_mlp[0].bias, self.time_mlp[1].weight, self.time_mlp[1].bias,
              self.input.weight, self.input.bias]
         for blk in self.blocks:
@@ -228,7 +244,8 @@ class EnsembleLinear(nn.Module):
 class DynamicsEnsemble(nn.Module):
     """p(Δs, r | s, a) as E Gaussian MLPs (Swish) on inputs z-scored with the model's own scaler."""
 
-    def __init__(self, obs_dim: int, action_dim: int, ensemble: int = 7, hidden: int = 200, layers: int = 4):
+    def __init__(self, obs_dim: int, action_dim: int, ensemble: int = 7, hidden: int = 200, layers: int = 4,
+                 elites: int = 5):
         super().__init__()
         self.obs_dim, self.action_dim, self.ensemble = obs_dim, action_dim, ensemble
         out = obs_dim + 1
@@ -242,7 +259,9 @@ class DynamicsEnsemble(nn.Module):
         self.register_buffer("in_std", torch.ones(obs_dim + action_dim))
         self.register_buffer("out_mean", torch.zeros(out))
         self.register_buffer("out_std", torch.ones(out))
-        self.register_buffer("elites", torch.arange(min(5, ensemble)))
+        if not 1 <= elites <= ensemble:
+            raise ValueError(f"elites must be in [1, ensemble = {ensemble}], got {elites}")
+        self.register_buffer("elites", torch.arange(elites))  # member indices, chosen by hold-out error
 
     def set_scaler(self, inputs: Tensor, targets: Tensor) -> None:
         self.in_mean.copy_(inputs.mean(0))

@@ -1,7 +1,11 @@
-// CPU kernels of the pairwise divergence, forward and backward, parallel over the batch.
+// CPU kernels of the pairwise divergence, forward and backward, parallel over the batch. Each
+// chunk's derivatives are computed once per state; the pairs then only read them.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "uepo/divergence.h"
 #include "uepo/ops.h"
@@ -9,25 +13,33 @@
 namespace uepo {
 namespace {
 
+constexpr int64_t kBatchGrain = 16;
+
 at::Tensor divergence_cpu(const at::Tensor& chunks_in, const std::optional<at::Tensor>& mask_in,
                           double eps) {
   const auto mask = check_divergence_inputs(chunks_in, mask_in, "uepo.divergence");
   const auto chunks = chunks_in.contiguous();
   const int64_t B = chunks.size(0), n = chunks.size(1), H = chunks.size(2), D = chunks.size(3);
-  auto out = at::zeros({B, n, n}, chunks.options());
+  auto out = at::empty({B, n, n}, chunks.options());
   AT_DISPATCH_FLOATING_TYPES(chunks.scalar_type(), "uepo_divergence_cpu", [&] {
-    const auto* a = chunks.data_ptr<scalar_t>();
-    const scalar_t* m = mask.defined() ? mask.data_ptr<scalar_t>() : nullptr;
-    auto* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    using T = scalar_t;
+    const T* a = chunks.data_ptr<T>();
+    const T* m = mask.defined() ? mask.data_ptr<T>() : nullptr;
+    T* o = out.data_ptr<T>();
+    const int64_t S = derivative_size(H, D);
+    at::parallel_for(0, B, kBatchGrain, [&](int64_t b0, int64_t b1) {
+      std::vector<T> derivs(n * S);
       for (int64_t b = b0; b < b1; ++b) {
-        const scalar_t* ab = a + b * n * H * D;
-        const scalar_t* mb = m ? m + b * H : nullptr;
+        for (int64_t i = 0; i < n; ++i) chunk_derivatives(a + (b * n + i) * H * D, H, D, derivs.data() + i * S);
+        const StepWeights<T> w(m ? m + b * H : nullptr, H);
+        T* ob = o + b * n * n;
         for (int64_t i = 0; i < n; ++i) {
+          ob[i * n + i] = T(0);
+          const Derivs<T> di(derivs.data() + i * S, H, D);
           for (int64_t j = i + 1; j < n; ++j) {
-            const scalar_t v = pair_divergence(ab + i * H * D, ab + j * H * D, mb, H, D, scalar_t(eps));
-            o[(b * n + i) * n + j] = v;
-            o[(b * n + j) * n + i] = v;
+            const T v = pair_divergence(di, Derivs<T>(derivs.data() + j * S, H, D), w, H, D, T(eps));
+            ob[i * n + j] = v;
+            ob[j * n + i] = v;
           }
         }
       }
@@ -46,23 +58,31 @@ at::Tensor divergence_backward_cpu(const at::Tensor& grad_in, const at::Tensor& 
   const auto grad = grad_in.to(chunks.scalar_type()).contiguous();
   auto out = at::zeros_like(chunks);
   AT_DISPATCH_FLOATING_TYPES(chunks.scalar_type(), "uepo_divergence_backward_cpu", [&] {
-    const auto* a = chunks.data_ptr<scalar_t>();
-    const auto* g = grad.data_ptr<scalar_t>();
-    const scalar_t* m = mask.defined() ? mask.data_ptr<scalar_t>() : nullptr;
-    auto* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B * n, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / n, i = r % n;
-        const scalar_t* ab = a + b * n * H * D;
-        const scalar_t* mb = m ? m + b * H : nullptr;
-        // div is symmetric, so entry (i, j) and (j, i) both pull on chunk i the same way.
-        for (int64_t j = 0; j < n; ++j) {
-          if (j == i) continue;
-          const scalar_t gij = g[(b * n + i) * n + j] + g[(b * n + j) * n + i];
-          if (gij == scalar_t(0)) continue;
-          pair_divergence_grad_first(ab + i * H * D, ab + j * H * D, mb, H, D, scalar_t(eps), gij,
-                                     o + r * H * D);
+    using T = scalar_t;
+    const T* a = chunks.data_ptr<T>();
+    const T* g = grad.data_ptr<T>();
+    const T* m = mask.defined() ? mask.data_ptr<T>() : nullptr;
+    T* o = out.data_ptr<T>();
+    const int64_t S = derivative_size(H, D);
+    const int64_t G = derivative_grad_size(H, D);
+    at::parallel_for(0, B, kBatchGrain, [&](int64_t b0, int64_t b1) {
+      std::vector<T> derivs(n * S), gd(n * G);
+      for (int64_t b = b0; b < b1; ++b) {
+        for (int64_t i = 0; i < n; ++i) chunk_derivatives(a + (b * n + i) * H * D, H, D, derivs.data() + i * S);
+        std::fill(gd.begin(), gd.end(), T(0));
+        const StepWeights<T> w(m ? m + b * H : nullptr, H);
+        const T* gb = g + b * n * n;
+        // div is symmetric: entries (i, j) and (j, i) pull on the pair the same way.
+        for (int64_t i = 0; i < n; ++i) {
+          const Derivs<T> di(derivs.data() + i * S, H, D);
+          for (int64_t j = i + 1; j < n; ++j) {
+            const T gij = gb[i * n + j] + gb[j * n + i];
+            if (gij == T(0)) continue;
+            pair_divergence_grad(di, Derivs<T>(derivs.data() + j * S, H, D), w, H, D, T(eps), gij,
+                                 gd.data() + i * G, gd.data() + j * G);
+          }
         }
+        for (int64_t i = 0; i < n; ++i) derivatives_backward(gd.data() + i * G, H, D, o + (b * n + i) * H * D);
       }
     });
   });

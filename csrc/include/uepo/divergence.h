@@ -5,8 +5,8 @@
 //   div(a, b) = mean_t |v^a_t - v^b_t|_2
 //             + mean_t (1 - (<c^a_t, c^b_t> + eps) / (|c^a_t| |c^b_t| + eps))
 //
-// Everything is computed on the fly from the chunks, with no scratch arrays, so one GPU thread
-// can run a whole pair.
+// Each chunk's derivatives are computed once (`chunk_derivatives`), then every pair reads them:
+// with n chunks there are n(n-1)/2 pairs but only n derivative passes.
 #pragma once
 
 #include <cmath>
@@ -23,136 +23,174 @@ namespace uepo {
 using std::exp;
 using std::sqrt;
 
-template <typename T>
-UEPO_HD T velocity_weight(const T* m, int64_t t) {  // v_t = a_{t+1} - a_t
-  return m == nullptr ? T(1) : m[t] * m[t + 1];
-}
+// Layout of one chunk's derivatives: [vel (H-1) x D | acc (H-2) x D | |acc_t| (H-2)].
+UEPO_HD int64_t derivative_size(int64_t H, int64_t D) { return (2 * H - 3) * D + (H - 2); }
 
 template <typename T>
-UEPO_HD T acceleration_weight(const T* m, int64_t t) {  // c_t = a_{t+1} - 2 a_t + a_{t-1}
-  return m == nullptr ? T(1) : m[t - 1] * m[t] * m[t + 1];
-}
+struct Derivs {
+  const T* vel;
+  const T* acc;
+  const T* acc_norm;
+  UEPO_HD Derivs(const T* base, int64_t H, int64_t D)
+      : vel(base), acc(base + (H - 1) * D), acc_norm(base + (2 * H - 3) * D) {}
+};
 
+// Mask weights of the velocity and acceleration terms, and their totals (SPEC: means over the
+// unmasked indices). m == nullptr means every step is valid.
 template <typename T>
-UEPO_HD T velocity(const T* a, int64_t t, int64_t d, int64_t D) {
-  return a[(t + 1) * D + d] - a[t * D + d];
-}
-
-template <typename T>
-UEPO_HD T acceleration(const T* a, int64_t t, int64_t d, int64_t D) {
-  return a[(t + 1) * D + d] - T(2) * a[t * D + d] + a[(t - 1) * D + d];
-}
-
-template <typename T>
-UEPO_HD T acceleration_sq_norm(const T* a, int64_t t, int64_t D) {
-  T s = 0;
-  for (int64_t d = 0; d < D; ++d) {
-    const T c = acceleration(a, t, d, D);
-    s += c * c;
+struct StepWeights {
+  const T* m;
+  T vel_total, acc_total;
+  UEPO_HD StepWeights(const T* mask, int64_t H) : m(mask), vel_total(0), acc_total(0) {
+    for (int64_t t = 0; t + 1 < H; ++t) vel_total += vel(t);
+    for (int64_t t = 1; t + 1 < H; ++t) acc_total += acc(t);
   }
-  return s;
-}
+  UEPO_HD T vel(int64_t t) const { return m == nullptr ? T(1) : m[t] * m[t + 1]; }  // v_t
+  UEPO_HD T acc(int64_t t) const {  // c_t, t = 1..H-2, stored at t - 1
+    return m == nullptr ? T(1) : m[t - 1] * m[t] * m[t + 1];
+  }
+};
 
-// div(a, b); a and b are H x D chunks, m is a length-H mask or nullptr.
 template <typename T>
-UEPO_HD T pair_divergence(const T* a, const T* b, const T* m, int64_t H, int64_t D, T eps) {
-  T vel_sum = 0, vel_w = 0;
-  for (int64_t t = 0; t + 1 < H; ++t) {
-    const T w = velocity_weight(m, t);
-    if (w == T(0)) continue;
+UEPO_HD void chunk_derivatives(const T* a, int64_t H, int64_t D, T* out) {
+  T* vel = out;
+  T* acc = out + (H - 1) * D;
+  T* acc_norm = out + (2 * H - 3) * D;
+  for (int64_t t = 0; t + 1 < H; ++t)
+    for (int64_t d = 0; d < D; ++d) vel[t * D + d] = a[(t + 1) * D + d] - a[t * D + d];
+  for (int64_t t = 1; t + 1 < H; ++t) {
     T s = 0;
     for (int64_t d = 0; d < D; ++d) {
-      const T diff = velocity(a, t, d, D) - velocity(b, t, d, D);
-      s += diff * diff;
+      const T c = a[(t + 1) * D + d] - T(2) * a[t * D + d] + a[(t - 1) * D + d];
+      acc[(t - 1) * D + d] = c;
+      s += c * c;
     }
-    vel_sum += w * sqrt(s);
-    vel_w += w;
+    acc_norm[t - 1] = sqrt(s);
   }
-  T acc_sum = 0, acc_w = 0;
-  for (int64_t t = 1; t + 1 < H; ++t) {
-    const T w = acceleration_weight(m, t);
-    if (w == T(0)) continue;
-    T dot = 0, na = 0, nb = 0;
-    for (int64_t d = 0; d < D; ++d) {
-      const T ca = acceleration(a, t, d, D), cb = acceleration(b, t, d, D);
-      dot += ca * cb;
-      na += ca * ca;
-      nb += cb * cb;
-    }
-    acc_sum += w * (T(1) - (dot + eps) / (sqrt(na) * sqrt(nb) + eps));
-    acc_w += w;
-  }
+}
+
+template <typename T>
+UEPO_HD T pair_divergence(const Derivs<T>& a, const Derivs<T>& b, const StepWeights<T>& w,
+                          int64_t H, int64_t D, T eps) {
   T out = 0;
-  if (vel_w > T(0)) out += vel_sum / vel_w;
-  if (acc_w > T(0)) out += acc_sum / acc_w;
+  if (w.vel_total > T(0)) {
+    T sum = 0;
+    for (int64_t t = 0; t + 1 < H; ++t) {
+      const T wt = w.vel(t);
+      if (wt == T(0)) continue;
+      T s = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        const T diff = a.vel[t * D + d] - b.vel[t * D + d];
+        s += diff * diff;
+      }
+      sum += wt * sqrt(s);
+    }
+    out += sum / w.vel_total;
+  }
+  if (w.acc_total > T(0)) {
+    T sum = 0;
+    for (int64_t t = 1; t + 1 < H; ++t) {
+      const T wt = w.acc(t);
+      if (wt == T(0)) continue;
+      const int64_t k = t - 1;
+      T dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += a.acc[k * D + d] * b.acc[k * D + d];
+      sum += wt * (T(1) - (dot + eps) / (a.acc_norm[k] * b.acc_norm[k] + eps));
+    }
+    out += sum / w.acc_total;
+  }
   return out;
 }
 
-// grad_a += g * d div(a, b) / d a. Norms at exactly zero get the zero subgradient, as in
-// torch.linalg.vector_norm's backward.
-template <typename T>
-UEPO_HD void pair_divergence_grad_first(const T* a, const T* b, const T* m, int64_t H, int64_t D,
-                                        T eps, T g, T* grad_a) {
-  T vel_w = 0, acc_w = 0;
-  for (int64_t t = 0; t + 1 < H; ++t) vel_w += velocity_weight(m, t);
-  for (int64_t t = 1; t + 1 < H; ++t) acc_w += acceleration_weight(m, t);
+// Size of the gradient w.r.t. one chunk's derivatives: [vel (H-1) x D | acc (H-2) x D].
+UEPO_HD int64_t derivative_grad_size(int64_t H, int64_t D) { return (2 * H - 3) * D; }
 
-  if (vel_w > T(0)) {
+// ga += g * d div(a, b) / d(vel_a, acc_a) and, when gb != nullptr, the same for b, in
+// derivative space (see derivative_grad_size); `derivatives_backward` maps that to the chunk.
+// Norms at exactly zero get the zero subgradient, as in torch.linalg.vector_norm's backward.
+template <typename T>
+UEPO_HD void pair_divergence_grad(const Derivs<T>& a, const Derivs<T>& b, const StepWeights<T>& w,
+                                  int64_t H, int64_t D, T eps, T g, T* ga, T* gb) {
+  if (w.vel_total > T(0)) {
+    const T gscale = g / w.vel_total;
     for (int64_t t = 0; t + 1 < H; ++t) {
-      const T w = velocity_weight(m, t);
-      if (w == T(0)) continue;
+      const T wt = w.vel(t);
+      if (wt == T(0)) continue;
+      const T* va = a.vel + t * D;
+      const T* vb = b.vel + t * D;
       T s = 0;
-      for (int64_t d = 0; d < D; ++d) {
-        const T diff = velocity(a, t, d, D) - velocity(b, t, d, D);
-        s += diff * diff;
-      }
-      const T norm = sqrt(s);
-      if (norm == T(0)) continue;
-      const T scale = g * w / (vel_w * norm);
-      for (int64_t d = 0; d < D; ++d) {
-        const T gv = scale * (velocity(a, t, d, D) - velocity(b, t, d, D));
-        grad_a[(t + 1) * D + d] += gv;
-        grad_a[t * D + d] -= gv;
+      for (int64_t d = 0; d < D; ++d) s += (va[d] - vb[d]) * (va[d] - vb[d]);
+      if (s == T(0)) continue;
+      const T scale = gscale * wt / sqrt(s);
+      T* out_a = ga + t * D;
+      for (int64_t d = 0; d < D; ++d) out_a[d] += scale * (va[d] - vb[d]);
+      if (gb) {
+        T* out_b = gb + t * D;
+        for (int64_t d = 0; d < D; ++d) out_b[d] -= scale * (va[d] - vb[d]);
       }
     }
   }
-  if (acc_w > T(0)) {
+  if (w.acc_total > T(0)) {
+    const T gscale = g / w.acc_total;
+    T* acc_ga = ga + (H - 1) * D;
+    T* acc_gb = gb ? gb + (H - 1) * D : nullptr;
     for (int64_t t = 1; t + 1 < H; ++t) {
-      const T w = acceleration_weight(m, t);
-      if (w == T(0)) continue;
-      T dot = 0, na2 = 0, nb2 = 0;
-      for (int64_t d = 0; d < D; ++d) {
-        const T ca = acceleration(a, t, d, D), cb = acceleration(b, t, d, D);
-        dot += ca * cb;
-        na2 += ca * ca;
-        nb2 += cb * cb;
-      }
-      const T na = sqrt(na2), nb = sqrt(nb2);
-      const T denom = na * nb + eps;
-      // term = 1 - (dot + eps) / denom; d term / d c_a = -cb / denom + (dot + eps) / denom^2 * dq
-      // with dq = nb * c_a / na (zero when na == 0).
-      const T coef_b = -g * w / (acc_w * denom);
-      const T coef_a = na == T(0) ? T(0) : g * w * (dot + eps) * nb / (acc_w * denom * denom * na);
-      for (int64_t d = 0; d < D; ++d) {
-        const T gc = coef_b * acceleration(b, t, d, D) + coef_a * acceleration(a, t, d, D);
-        grad_a[(t + 1) * D + d] += gc;
-        grad_a[t * D + d] -= T(2) * gc;
-        grad_a[(t - 1) * D + d] += gc;
+      const T wt = w.acc(t);
+      if (wt == T(0)) continue;
+      const int64_t k = t - 1;
+      const T* ca = a.acc + k * D;
+      const T* cb = b.acc + k * D;
+      const T na = a.acc_norm[k], nb = b.acc_norm[k];
+      T dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += ca[d] * cb[d];
+      // term = 1 - (dot + eps) / q, q = |ca||cb| + eps:
+      //   d term / d ca = -cb / q + (dot + eps) / q^2 * |cb| ca / |ca|, and symmetrically for cb.
+      const T inv_q = T(1) / (na * nb + eps);
+      const T cross = -gscale * wt * inv_q;
+      const T self_scale = gscale * wt * (dot + eps) * inv_q * inv_q;
+      const T self_a = na == T(0) ? T(0) : self_scale * nb / na;
+      T* out_a = acc_ga + k * D;
+      for (int64_t d = 0; d < D; ++d) out_a[d] += cross * cb[d] + self_a * ca[d];
+      if (acc_gb) {
+        const T self_b = nb == T(0) ? T(0) : self_scale * na / nb;
+        T* out_b = acc_gb + k * D;
+        for (int64_t d = 0; d < D; ++d) out_b[d] += cross * ca[d] + self_b * cb[d];
       }
     }
   }
 }
 
-// Nearest competitor of chunk i among the n chunks at `chunks` (n x H x D): min_{j != i} div.
-// Returns +inf when n == 1.
+// grad_chunk += the adjoint of chunk_derivatives applied to a derivative-space gradient gd.
 template <typename T>
-UEPO_HD T nearest_competitor_divergence(const T* chunks, int64_t i, int64_t n, int64_t H,
+UEPO_HD void derivatives_backward(const T* gd, int64_t H, int64_t D, T* grad_chunk) {
+  const T* gv = gd;
+  const T* gc = gd + (H - 1) * D;
+  for (int64_t t = 0; t + 1 < H; ++t)
+    for (int64_t d = 0; d < D; ++d) {
+      grad_chunk[(t + 1) * D + d] += gv[t * D + d];
+      grad_chunk[t * D + d] -= gv[t * D + d];
+    }
+  for (int64_t t = 1; t + 1 < H; ++t)
+    for (int64_t d = 0; d < D; ++d) {
+      const T c = gc[(t - 1) * D + d];
+      grad_chunk[(t + 1) * D + d] += c;
+      grad_chunk[t * D + d] -= T(2) * c;
+      grad_chunk[(t - 1) * D + d] += c;
+    }
+}
+
+// min_{j != i} div(chunk i, chunk j) over n chunks whose derivatives lie back to back at
+// `derivs`; +inf when n == 1. No mask: the sampler's chunks are always whole.
+template <typename T>
+UEPO_HD T nearest_competitor_divergence(const T* derivs, int64_t i, int64_t n, int64_t H,
                                         int64_t D, T eps) {
+  const int64_t S = derivative_size(H, D);
+  const StepWeights<T> w(nullptr, H);
+  const Derivs<T> a(derivs + i * S, H, D);
   T best = INFINITY;
-  const int64_t stride = H * D;
   for (int64_t j = 0; j < n; ++j) {
     if (j == i) continue;
-    const T d = pair_divergence(chunks + i * stride, chunks + j * stride, (const T*)nullptr, H, D, eps);
+    const T d = pair_divergence(a, Derivs<T>(derivs + j * S, H, D), w, H, D, eps);
     best = d < best ? d : best;
   }
   return best;
@@ -171,7 +209,7 @@ UEPO_HD T clip_unit(T x) {
 }
 
 // Mish(x) = x tanh(softplus(x)) = x * n / (n + 2) with n = e^x (e^x + 2): one exp instead of
-// exp + log1p + tanh. For x > 20, tanh(softplus(x)) == 1 in double precision.
+// exp + log1p + tanh. For x > 20, tanh(softplus(x)) == 1 in float and double.
 template <typename T>
 UEPO_HD T mish(T x) {
   if (x > T(20)) return x;

@@ -44,18 +44,20 @@ struct StepParams {
   double eta = 0, tau = 0, eps = 1e-4;
 };
 
-// The elementwise pieces a backend supplies; the GEMMs run through ATen on either device.
+// What a backend supplies; the driver (ops.cpp) strings them into the DDIM chain.
 struct SamplerKernels {
-  // h[r, :] += state_proj[r / n, :] + step_bias[:] for r in 0..B*n
-  void (*add_state_and_step_bias)(at::Tensor& h, const at::Tensor& state_proj,
-                                  const at::Tensor& step_bias, int64_t seeds);
-  // out = LayerNorm(h) * gamma + beta, then Mish if apply_mish
+  // h[r, :] = state_proj[r / n, :] + step_bias[:] for r in 0..B*n
+  void (*init_rows)(at::Tensor& h, const at::Tensor& state_proj, const at::Tensor& step_bias,
+                    int64_t seeds);
+  // y = (accumulate ? y : 0) + x @ wt + bias (bias may be undefined), then Mish if `mish`.
+  // x and y may be column slices (row stride >= width); wt is (K, N) contiguous.
+  void (*linear)(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, at::Tensor& y,
+                 bool accumulate, bool mish);
+  // out = LayerNorm(h) * gamma + beta, then Mish if `mish`
   void (*layernorm)(const at::Tensor& h, const at::Tensor& gamma, const at::Tensor& beta,
-                    at::Tensor& out, bool apply_mish);
-  // t = Mish(t), in place
-  void (*mish_)(at::Tensor& t);
+                    at::Tensor& out, bool mish);
   // One DDIM step over x (B*n, H*d_a) given the predicted noise eps_hat; writes per-seed
-  // divergences into div_out[:, :, step] when div_out is defined. x0 and d are scratch.
+  // divergences into div_out[:, :, step] when div_out is non-empty. x0 and d are scratch.
   void (*ddim_step)(at::Tensor& x, const at::Tensor& eps_hat, at::Tensor& x0, at::Tensor& d,
                     const at::Tensor& perturb, at::Tensor& div_out, const SamplerShape& shape,
                     const StepParams& p);

@@ -1,0 +1,240 @@
+// Vectorised CPU building blocks (see uepo/cpu_simd.h), written with GCC vector extensions so
+// that one source serves every target_clones variant.
+#include "uepo/cpu_simd.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "uepo/divergence.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define UEPO_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define UEPO_CLONES
+#endif
+#define UEPO_INLINE inline __attribute__((always_inline))
+
+namespace uepo {
+namespace cpu {
+namespace {
+
+typedef float vf32 __attribute__((vector_size(64)));
+typedef double vf64 __attribute__((vector_size(64)));
+typedef int32_t vi32 __attribute__((vector_size(64)));
+
+template <typename T>
+struct Simd;
+template <>
+struct Simd<float> {
+  using V = vf32;
+  static constexpr int L = 16;
+};
+template <>
+struct Simd<double> {
+  using V = vf64;
+  static constexpr int L = 8;
+};
+
+template <typename V, typename T>
+UEPO_INLINE V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename T>
+UEPO_INLINE void store(T* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+template <typename V, typename T>
+UEPO_INLINE V splat(T x) {
+  V v = {};
+  return v + x;
+}
+
+// e^x for x in [-87, 20]: Cephes expf (range reduction by ln 2, degree-6 polynomial, ~1 ulp).
+UEPO_INLINE vf32 exp_f32(vf32 x) {
+  const vf32 t = x * 1.44269504088896341f + 0.5f;
+  vi32 n = __builtin_convertvector(t, vi32);  // truncates toward zero
+  n += (t < __builtin_convertvector(n, vf32));  // true is -1: floor for negative t
+  const vf32 nf = __builtin_convertvector(n, vf32);
+  const vf32 r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+  vf32 p = splat<vf32>(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const vi32 bits = (n + 127) << 23;
+  return p * (vf32)bits;
+}
+
+UEPO_INLINE vf32 mish_vec(vf32 x) {
+  vf32 xc = x < -87.0f ? splat<vf32>(-87.0f) : x;
+  xc = xc > 20.0f ? splat<vf32>(20.0f) : xc;
+  const vf32 e = exp_f32(xc);
+  const vf32 n = e * (e + 2.0f);
+  const vf32 m = x * n / (n + 2.0f);
+  return x > 20.0f ? x : m;
+}
+
+UEPO_INLINE vf64 mish_vec(vf64 x) {  // double: exact libm exp, lane by lane
+  for (int i = 0; i < 8; ++i) x[i] = mish(x[i]);
+  return x;
+}
+
+template <typename V>
+UEPO_INLINE auto hsum(V v) {
+  auto s = v[0];
+  for (int i = 1; i < int(sizeof(V) / sizeof(s)); ++i) s += v[i];
+  return s;
+}
+
+// MR rows x NV vectors of outputs; the accumulators stay in registers over the K loop.
+template <typename T, int MR, int NV>
+UEPO_INLINE void linear_tile(const T* x, int64_t ldx, int64_t K, const T* wt, int64_t ldw,
+                             const T* bias, bool accumulate, bool mish_out, T* y, int64_t ldy) {
+  using V = typename Simd<T>::V;
+  constexpr int L = Simd<T>::L;
+  V acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = accumulate ? load<V>(y + r * ldy + v * L) : (bias ? load<V>(bias + v * L) : V{});
+  if (accumulate && bias)
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] += load<V>(bias + v * L);
+  for (int64_t k = 0; k < K; ++k) {
+    V w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = load<V>(wt + k * ldw + v * L);
+    for (int r = 0; r < MR; ++r) {
+      const V xb = splat<V>(x[r * ldx + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += xb * w[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) store(y + r * ldy + v * L, mish_out ? mish_vec(acc[r][v]) : acc[r][v]);
+}
+
+template <typename T, int NV>
+UEPO_INLINE void linear_columns(const T* x, int64_t ldx, int64_t M, int64_t K, const T* wt,
+                                int64_t ldw, const T* bias, bool accumulate, bool mish_out, T* y,
+                                int64_t ldy) {
+  int64_t r = 0;
+  for (; r + 4 <= M; r += 4)
+    linear_tile<T, 4, NV>(x + r * ldx, ldx, K, wt, ldw, bias, accumulate, mish_out, y + r * ldy, ldy);
+  for (; r < M; ++r)
+    linear_tile<T, 1, NV>(x + r * ldx, ldx, K, wt, ldw, bias, accumulate, mish_out, y + r * ldy, ldy);
+}
+
+template <typename T>
+UEPO_INLINE void linear_impl(const T* x, int64_t ldx, int64_t M, int64_t K, const T* wt,
+                             int64_t N, const T* bias, bool accumulate, bool mish_out, T* y,
+                             int64_t ldy) {
+  constexpr int L = Simd<T>::L;
+  int64_t j = 0;
+  for (; j + 4 * L <= N; j += 4 * L)
+    linear_columns<T, 4>(x, ldx, M, K, wt + j, N, bias ? bias + j : nullptr, accumulate, mish_out, y + j, ldy);
+  for (; j + L <= N; j += L)
+    linear_columns<T, 1>(x, ldx, M, K, wt + j, N, bias ? bias + j : nullptr, accumulate, mish_out, y + j, ldy);
+  if (j == N) return;
+  // Ragged last columns: run a full vector on zero-padded copies, keep the valid lanes.
+  const int64_t tail = N - j;
+  T wpad[512 * L];  // K <= 512 here; larger K goes through the row-by-row fallback below
+  if (K > 512) {
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t c = j; c < N; ++c) {
+        T s = accumulate ? y[r * ldy + c] : T(0);
+        if (bias) s += bias[c];
+        for (int64_t k = 0; k < K; ++k) s += x[r * ldx + k] * wt[k * N + c];
+        y[r * ldy + c] = mish_out ? mish(s) : s;
+      }
+    return;
+  }
+  T bpad[L] = {};
+  for (int64_t k = 0; k < K; ++k)
+    for (int c = 0; c < L; ++c) wpad[k * L + c] = c < tail ? wt[k * N + j + c] : T(0);
+  if (bias)
+    for (int c = 0; c < tail; ++c) bpad[c] = bias[j + c];
+  for (int64_t r = 0; r < M; ++r) {
+    T ypad[L] = {};
+    if (accumulate)
+      for (int c = 0; c < tail; ++c) ypad[c] = y[r * ldy + j + c];
+    linear_tile<T, 1, 1>(x + r * ldx, ldx, K, wpad, L, bias ? bpad : nullptr, accumulate, mish_out, ypad, L);
+    for (int c = 0; c < tail; ++c) y[r * ldy + j + c] = ypad[c];
+  }
+}
+
+template <typename T>
+UEPO_INLINE void layernorm_impl(const T* h, int64_t R, int64_t W, const T* g, const T* b,
+                                bool mish_out, T* out) {
+  using V = typename Simd<T>::V;
+  constexpr int L = Simd<T>::L;
+  const int64_t Wv = W / L * L;
+  for (int64_t r = 0; r < R; ++r) {
+    const T* x = h + r * W;
+    T* o = out + r * W;
+    V vs = {};
+    for (int64_t k = 0; k < Wv; k += L) vs += load<V>(x + k);
+    T s = hsum(vs);
+    for (int64_t k = Wv; k < W; ++k) s += x[k];
+    const T mean = s / T(W);
+    V vq = {};
+    for (int64_t k = 0; k < Wv; k += L) {
+      const V d = load<V>(x + k) - mean;
+      vq += d * d;
+    }
+    T q = hsum(vq);
+    for (int64_t k = Wv; k < W; ++k) q += (x[k] - mean) * (x[k] - mean);
+    const T inv = T(1) / std::sqrt(q / T(W) + T(1e-5));
+    for (int64_t k = 0; k < Wv; k += L) {
+      const V y = (load<V>(x + k) - mean) * inv * load<V>(g + k) + load<V>(b + k);
+      store(o + k, mish_out ? mish_vec(y) : y);
+    }
+    for (int64_t k = Wv; k < W; ++k) {
+      const T y = (x[k] - mean) * inv * g[k] + b[k];
+      o[k] = mish_out ? mish(y) : y;
+    }
+  }
+}
+
+template <typename T>
+UEPO_INLINE void mish_rows_impl(T* p, int64_t R, int64_t W, int64_t ld) {
+  using V = typename Simd<T>::V;
+  constexpr int L = Simd<T>::L;
+  for (int64_t r = 0; r < R; ++r) {
+    T* row = p + r * ld;
+    int64_t k = 0;
+    for (; k + L <= W; k += L) store(row + k, mish_vec(load<V>(row + k)));
+    for (; k < W; ++k) row[k] = mish(row[k]);
+  }
+}
+
+}  // namespace
+
+UEPO_CLONES void linear(const float* x, int64_t ldx, int64_t M, int64_t K, const float* wt,
+                        int64_t N, const float* bias, bool accumulate, bool mish, float* y,
+                        int64_t ldy) {
+  linear_impl(x, ldx, M, K, wt, N, bias, accumulate, mish, y, ldy);
+}
+UEPO_CLONES void linear(const double* x, int64_t ldx, int64_t M, int64_t K, const double* wt,
+                        int64_t N, const double* bias, bool accumulate, bool mish, double* y,
+                        int64_t ldy) {
+  linear_impl(x, ldx, M, K, wt, N, bias, accumulate, mish, y, ldy);
+}
+UEPO_CLONES void layernorm(const float* h, int64_t R, int64_t W, const float* gamma,
+                           const float* beta, bool mish, float* out) {
+  layernorm_impl(h, R, W, gamma, beta, mish, out);
+}
+UEPO_CLONES void layernorm(const double* h, int64_t R, int64_t W, const double* gamma,
+                           const double* beta, bool mish, double* out) {
+  layernorm_impl(h, R, W, gamma, beta, mish, out);
+}
+UEPO_CLONES void mish_rows(float* p, int64_t R, int64_t W, int64_t ld) { mish_rows_impl(p, R, W, ld); }
+UEPO_CLONES void mish_rows(double* p, int64_t R, int64_t W, int64_t ld) { mish_rows_impl(p, R, W, ld); }
+
+}  // namespace cpu
+}  // namespace uepo

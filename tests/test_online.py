@@ -1,0 +1,210 @@
+"""Phase E: PPO math on hand-made rollouts, a short real run on Hopper with a tiny policy, exact
+resume after SIGKILL, and a NaN stop that keeps the last good checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from uepo import envs
+from uepo.config import OnlineConfig
+from uepo.nets import ValueNet
+from uepo.phases import online
+from uepo.policy import MultiSeedPolicy, policy_config
+from uepo.runs import NonFiniteLossError, Run, seed_everything
+
+GAMMA, LAM = 0.9, 0.8
+
+
+def _t(*rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+# ------------------------------------------------------------------------------------- PPO math
+
+
+def test_gae_terminal_step_is_not_bootstrapped_truncated_step_is():
+    # one env, 3 steps; the episode ends after step 1, the next one starts at step 2
+    rewards, values = _t([1.0], [2.0], [3.0]), _t([0.5], [0.6], [0.7])
+    next_values = _t([0.6], [9.0], [0.4])  # V(s_2), V(final state of episode 1), V(s_3)
+    ended = _t([0.0], [1.0], [0.0])
+    adv_term, ret_term = online.gae(rewards, values, next_values, ended, ended, GAMMA, LAM)
+    adv_trunc, _ = online.gae(rewards, values, next_values, _t([0.0], [0.0], [0.0]), ended, GAMMA, LAM)
+    d2 = 3.0 + GAMMA * 0.4 - 0.7
+    d1_term, d1_trunc = 2.0 - 0.6, 2.0 + GAMMA * 9.0 - 0.6
+    d0 = 1.0 + GAMMA * 0.6 - 0.5
+    np.testing.assert_allclose(adv_term[:, 0], [d0 + GAMMA * LAM * d1_term, d1_term, d2])
+    np.testing.assert_allclose(adv_trunc[:, 0], [d0 + GAMMA * LAM * d1_trunc, d1_trunc, d2])
+    np.testing.assert_allclose(ret_term, adv_term + values)
+
+
+def test_gae_without_episode_ends_is_the_discounted_sum_when_lambda_is_one():
+    rewards = torch.rand(6, 2, dtype=torch.float64)
+    values = torch.rand(6, 2, dtype=torch.float64)
+    next_values = torch.cat([values[1:], torch.rand(1, 2, dtype=torch.float64)])
+    zeros = torch.zeros(6, 2, dtype=torch.float64)
+    _, returns = online.gae(rewards, values, next_values, zeros, zeros, GAMMA, 1.0)
+    discounts = GAMMA ** torch.arange(6, dtype=torch.float64)
+    expected0 = (discounts[:, None] * rewards).sum(0) + GAMMA**6 * next_values[-1]
+    np.testing.assert_allclose(returns[0], expected0)
+
+
+def test_clipped_policy_loss_stops_gradient_outside_the_trust_region():
+    old = torch.zeros(4)
+    logp = torch.log(torch.tensor([1.2, 1.02, 0.8, 0.98])).requires_grad_()
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    loss, clip_frac = online.clipped_policy_loss(logp, old, adv, clip=0.05)
+    loss.backward()
+    ratio = logp.detach().exp()
+    # ratios beyond 1±ε in the direction the advantage pushes are clipped: no gradient
+    np.testing.assert_allclose(logp.grad, [0.0, -ratio[1] / 4, 0.0, ratio[3] / 4], rtol=1e-6)
+    expected = (-(1.05) - ratio[1] + 0.95 + ratio[3]) / 4
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
+    assert float(clip_frac) == pytest.approx(0.5)
+
+
+def test_clipped_value_loss_takes_the_pessimistic_branch():
+    old = torch.tensor([0.0, 0.0])
+    values = torch.tensor([1.0, 0.02])
+    returns = torch.tensor([1.0, 1.0])
+    got = online.clipped_value_loss(values, old, returns, clip=0.05)
+    # row 0: unclipped error 0, clipped (0.05 - 1)^2; row 1: both within the clip
+    assert float(got) == pytest.approx(0.5 * ((0.95**2) + 0.98**2) / 2)
+    plain = online.clipped_value_loss(values, old, returns, clip=0.0)
+    assert float(plain) == pytest.approx(0.5 * 0.98**2 / 2)
+
+
+def test_scaled_value_is_the_value_of_scaled_rewards():
+    v = ValueNet(5, 16, 2)
+    x = torch.randn(7, 5)
+    before = v(x)
+    online.scale_value(v, 0.1)
+    torch.testing.assert_close(v(x), 0.1 * before)
+
+
+# ------------------------------------------------------------------------------ runs on Hopper
+
+
+def tiny_bundle() -> dict:
+    """An offline bundle of a tiny random policy on Hopper-v5 (what checkpoints/offline.pt holds)."""
+    seed_everything(0)
+    cfg = policy_config("diffusion", 11, 3, history=2, horizon=4, num_seeds=2, width=32, num_blocks=1,
+                        diffusion_steps=20, sampling_steps=3, head_hidden=32, head_layers=2, tau=0.1)
+    policy = MultiSeedPolicy(cfg, torch.zeros(11), torch.ones(11))
+    value = ValueNet(11, 32, 2)
+    return {"policy": policy.state(), "selected": 1,
+            "value": {"state_dict": value.state_dict(), "config": {"obs_dim": 11, "hidden": 32, "layers": 2}},
+            "dataset": {"ref_min_score": -20.272305, "ref_max_score": 3234.3}, "env_id": "Hopper-v5"}
+
+
+def tiny_config(**kw) -> OnlineConfig:
+    base = dict(env_steps=1024, rollout_steps=256, num_envs=2, minibatch_size=64, epochs=2, eval_every=512,
+                eval_episodes=2, checkpoint_every=256)
+    return OnlineConfig(**{**base, **kw})
+
+
+def metric_rows(run_dir: Path) -> list[list[str]]:
+    """metrics.csv rows without time and throughput (the only columns that may differ run to run)."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [row[1:] for row in list(csv.reader(f))[1:] if row[3] != "env_steps_per_s"]
+
+
+def test_short_online_run_trains_the_head_only_and_logs_the_curve(tmp_path):
+    bundle = tiny_bundle()
+    run = Run(tmp_path / "run", tensorboard=False)
+    summary = online.run_online(run, tiny_config(), bundle, seed=0, progress=False)
+    run.close()
+    assert summary["env_steps"] == 1024 and np.isfinite(summary["score_final"])
+    rows = metric_rows(tmp_path / "run")
+    eval_steps = sorted({int(r[1]) for r in rows if r[2] == "eval_score"})
+    assert eval_steps == [0, 512, 1024]
+    train_steps = sorted({int(r[1]) for r in rows if r[2] == "policy_loss"})
+    assert train_steps == [256, 512, 768, 1024]
+    assert all(np.isfinite(float(r[3])) for r in rows)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "online.pt", weights_only=False)
+    assert saved["done"] and saved["selected"] == 1
+    before, after = bundle["policy"]["state_dict"], saved["policy"]["state_dict"]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("heads.1.") for k in changed)  # backbone and head 0 frozen
+    assert MultiSeedPolicy.from_state(saved["policy"]).act(torch.zeros(1, 2, 11), 1).shape == (1, 3)
+
+
+def test_truncated_steps_bootstrap_from_the_final_state(tmp_path):
+    cfg = tiny_config()
+    bundle = tiny_bundle()
+    policy = MultiSeedPolicy.from_state(bundle["policy"])
+    agent = online.OnlineAgent(policy, 1, online.load_value(bundle["value"], 11), cfg)
+    short = dataclasses.replace(gym.spec("Hopper-v5"), max_episode_steps=5)
+    vec = envs.make_vector_env(short, 2, 2)
+    obs, _ = vec.reset(seed=[0, 1])
+    seed_everything(0)
+    buf, _ = online._collect(agent, vec, obs, 5, cfg, np.zeros(2), np.zeros(2, dtype=np.int64), [])
+    assert buf.ended[4].tolist() == [1.0, 1.0] and buf.terminated[4].tolist() == [0.0, 0.0]
+    # the same 5 steps again, replayed in a fresh env, give the final states themselves
+    replay = envs.make_vector_env(short, 2, 2)
+    replay.reset(seed=[0, 1])
+    for t in range(5):
+        final_obs, *_ , info = replay.step(buf.actions[t].clamp(-1, 1).double().numpy())
+    finals = np.stack(info["final_obs"])[:, -1]
+    with torch.no_grad():
+        expected = agent.value(policy.normalize(torch.as_tensor(finals, dtype=torch.float32)))
+        reset_states = agent.value(policy.normalize(torch.as_tensor(final_obs[:, -1], dtype=torch.float32)))
+    torch.testing.assert_close(buf.next_values[4], expected)
+    assert not torch.allclose(buf.next_values[4], reset_states)
+
+
+RUNNER = textwrap.dedent("""
+    import sys, torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    from test_online import tiny_bundle, tiny_config
+    from uepo.phases.online import run_online
+    from uepo.runs import Run
+    run = Run(Path(sys.argv[1]), tensorboard=False)
+    run_online(run, tiny_config(), tiny_bundle(), seed=0, progress=False)
+""")
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "full")], check=True, env=env, timeout=120)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(killed)], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it after its 3rd rollout logged, i.e. mid-run
+        metrics = killed / "metrics.csv"
+        if metrics.exists() and any(r[1] == "768" for r in metric_rows(killed) if len(r) == 4):
+            break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (killed / "checkpoints" / "online.pt").exists()
+    assert not torch.load(killed / "checkpoints" / "online.pt", weights_only=False)["done"]
+    subprocess.run([sys.executable, str(script), str(killed)], check=True, env=env, timeout=120)
+    assert metric_rows(killed) == metric_rows(tmp_path / "full")
+
+
+def test_non_finite_loss_stops_with_phase_and_step_and_keeps_the_checkpoint(tmp_path):
+    run = Run(tmp_path / "run", tensorboard=False)
+    cfg = tiny_config(lr_critic=1e30, eval_every=10_000)  # the critic blows up after its first update
+    with pytest.raises(NonFiniteLossError, match=r"phase 'online', step 512"):
+        online.run_online(run, cfg, tiny_bundle(), seed=0, progress=False)
+    saved = run.load_checkpoint("online")
+    assert saved["counters"]["env_steps"] == 256 and not saved["done"]
+    assert all(torch.isfinite(v).all() for v in saved["agent"]["value"].values())

@@ -1,0 +1,53 @@
+"""The offline phases (SPEC §3 A–D), each a function that reads the previous phases' artefacts
+and returns its own. Shared here: the context every phase receives and the resumable-loop helpers.
+
+Resumption convention: a phase saves ``checkpoints/<phase>_progress.pt`` every
+``checkpoint_every`` steps (models, EMA, optimisers, schedulers, its batch generator, the global
+RNG, the step counter) and ``checkpoints/<phase>.pt`` when done. Run again in the same run
+directory, a finished phase is loaded instead of retrained and an unfinished one continues from
+its progress checkpoint; with equal seeds the result equals an uninterrupted run on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from uepo.config import Config
+from uepo.data import OfflineData
+from uepo.runs import Run
+
+PHASE_SEED_OFFSETS = {"critics": 1, "pretrain": 2, "dynamics": 3, "improve": 4, "evaluate": 5}
+
+
+@dataclass
+class PhaseContext:
+    run: Run
+    cfg: Config
+    data: OfflineData
+    device: torch.device
+    progress: bool = True  # show tqdm bars
+
+    def generator(self, phase: str) -> torch.Generator:
+        """The phase's own batch generator, seeded from the run seed (saved in checkpoints)."""
+        return torch.Generator().manual_seed(self.cfg.seed * 1000 + PHASE_SEED_OFFSETS[phase])
+
+    def bar(self, phase: str, total: int, initial: int = 0) -> tqdm:
+        return tqdm(total=total, initial=initial, desc=phase, disable=not self.progress,
+                    dynamic_ncols=True, leave=True, mininterval=1.0)
+
+
+def sample_indices(size: int, batch: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, size, (batch,), generator=generator)
+
+
+def optimizer_state(opts: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.state_dict() for k, v in opts.items()}
+
+
+def load_optimizer_state(opts: dict[str, Any], states: dict[str, Any]) -> None:
+    for k, v in opts.items():
+        v.load_state_dict(states[k])

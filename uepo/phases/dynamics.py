@@ -1,0 +1,326 @@
+"""Phase C: dynamics ensemble with diffusion augmentation (SPEC §3C).
+
+1. Fit T̂0 on the data: Gaussian NLL of (Δs, r), one bootstrap resample per member, early stopping
+   on a real hold-out set, elites by hold-out error.
+2. Generate D_diff (up to ``augment_ratio`` × the dataset): start states from the data, a sub-policy's
+   chunk (or a fresh seed's, with probability ``fresh_seed_prob``) rolled open-loop through T̂0 with
+   a random elite per step and the task's termination function; a rollout is kept while the
+   ensemble disagreement D_t stays below ε_KL (the ``disagreement_quantile`` of D on real pairs).
+3. Refit T̂ from scratch on D ∪ D_diff (augmented samples weighted ``augment_weight``), hold-out on
+   real data only. Logs the hold-out NLL and error of T̂0 vs T̂ and the keep-rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from uepo.config import DynamicsConfig
+from uepo.diffusion import SeedBank, multiseed_sample
+from uepo.nets import DynamicsEnsemble
+from uepo.phases import PHASE_SEED_OFFSETS, PhaseContext, sample_indices
+from uepo.policy import MultiSeedPolicy
+from uepo.runs import capture_rng, check_finite, restore_rng, seed_everything
+
+PHASE = "dynamics"
+LOGVAR_BOUND_PENALTY = 0.01  # pulls the learned log-variance bounds together (MBPO/Uni-O4)
+MAX_HOLDOUT = 5000
+ADROIT = ("pen", "door", "hammer", "relocate")
+
+TerminationFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (obs, action, next_obs) raw -> done (N,) bool
+
+
+def termination_fn(robot: str | None) -> TerminationFn:
+    """The task's termination rule on raw states (Gymnasium MuJoCo v5 / D4RL conventions)."""
+    if robot == "hopper":  # healthy: z > 0.7, |angle| < 0.2, |state| < 100
+        def hopper(obs: Tensor, act: Tensor, nxt: Tensor) -> Tensor:
+            z, angle = nxt[:, 0], nxt[:, 1]
+            healthy = (z > 0.7) & (angle.abs() < 0.2) & (nxt[:, 1:].abs() < 100).all(-1)
+            return ~healthy | ~torch.isfinite(nxt).all(-1)
+        return hopper
+    if robot == "walker2d":  # healthy: 0.8 < z < 2, |angle| < 1
+        def walker(obs: Tensor, act: Tensor, nxt: Tensor) -> Tensor:
+            z, angle = nxt[:, 0], nxt[:, 1]
+            healthy = (z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0)
+            return ~healthy | ~torch.isfinite(nxt).all(-1)
+        return walker
+    if robot == "halfcheetah" or robot in ADROIT:  # these envs never terminate (only time limits)
+        def never(obs: Tensor, act: Tensor, nxt: Tensor) -> Tensor:
+            return ~torch.isfinite(nxt).all(-1)
+        return never
+    raise ValueError(
+        f"no termination function for robot {robot!r}: uepo knows hopper, walker2d, halfcheetah and the "
+        "Adroit tasks (pen, door, hammer, relocate); add one to uepo.phases.dynamics.termination_fn"
+    )
+
+
+@dataclass
+class Transitions:
+    obs: Tensor
+    actions: Tensor
+    rewards: Tensor
+    next_obs: Tensor
+    terminals: Tensor
+    weight: Tensor
+
+    @property
+    def inputs_targets(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.obs, self.actions, torch.cat([self.next_obs - self.obs, self.rewards[:, None]], -1)
+
+    def __len__(self) -> int:
+        return self.obs.shape[0]
+
+    def cat(self, other: Transitions) -> Transitions:
+        return Transitions(*(torch.cat([getattr(self, f), getattr(other, f)]) for f in
+                             ("obs", "actions", "rewards", "next_obs", "terminals", "weight")))
+
+    def state(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Dynamics:
+    model: DynamicsEnsemble  # T̂ (T̂0 when augmentation is off)
+    terminal: TerminationFn
+    metrics: dict
+
+    @torch.no_grad()
+    def step(self, obs: Tensor, action: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample (next_obs, reward, done) from a random elite per row."""
+        mean, var = self.model.predict(obs, action)
+        pick = torch.randint(0, mean.shape[0], (obs.shape[0],), generator=generator)
+        rows = torch.arange(obs.shape[0])
+        noise = torch.randn(mean.shape[1:], generator=generator)
+        sample = mean[pick, rows] + var[pick, rows].sqrt() * noise
+        nxt = obs + sample[:, :-1]
+        return nxt, sample[:, -1], self.terminal(obs, action, nxt)
+
+
+def ensemble_disagreement(model: DynamicsEnsemble, obs: Tensor, action: Tensor) -> Tensor:
+    """D = mean over elites of KL(N_e || moment-matched mixture), summed over output dims, (N,)."""
+    mean, logvar = model(obs, action)
+    mean, var = mean[model.elites], logvar[model.elites].exp()
+    mix_mean = mean.mean(0)
+    mix_var = (var + mean**2).mean(0) - mix_mean**2
+    mix_var = mix_var.clamp_min(1e-8)
+    kl = 0.5 * (torch.log(mix_var / var) + (var + (mean - mix_mean) ** 2) / mix_var - 1).sum(-1)
+    return kl.mean(0)
+
+
+def gaussian_nll_raw(model: DynamicsEnsemble, obs: Tensor, action: Tensor, target: Tensor) -> float:
+    """Mean over elites of the per-dimension Gaussian NLL of raw targets (comparable across scalers)."""
+    mean, var = model.predict(obs, action)
+    nll = 0.5 * ((target - mean) ** 2 / var + var.log() + math.log(2 * math.pi))
+    return float(nll.mean())
+
+
+def holdout_error(model: DynamicsEnsemble, obs: Tensor, action: Tensor, target: Tensor, scale: Tensor) -> float:
+    """Mean over elites of the squared error of the mean, per dimension in units of ``scale``."""
+    mean, _ = model.predict(obs, action)
+    return float((((target - mean) / scale) ** 2).mean())
+
+
+def _member_mse(model: DynamicsEnsemble, obs: Tensor, action: Tensor, target: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model.mse(obs, action, target)
+
+
+def fit_ensemble(ctx: PhaseContext, stage: str, train: Transitions, holdout: Transitions,
+                 gen: torch.Generator) -> DynamicsEnsemble:
+    """Fit a fresh ensemble with bootstrap resamples and per-member early stopping (resumable per epoch)."""
+    cfg: DynamicsConfig = ctx.cfg.dynamics
+    data, run = ctx.data, ctx.run
+    hidden = cfg.hidden or (400 if data.robot in ADROIT else 200)
+    model = DynamicsEnsemble(data.obs_dim, data.action_dim, cfg.ensemble, hidden, cfg.layers, cfg.elites)
+    obs, act, tgt = train.inputs_targets
+    model.set_scaler(torch.cat([obs, act], -1), tgt)
+    h_obs, h_act, h_tgt = holdout.inputs_targets
+    decay = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    rest = [p for n, p in model.named_parameters() if not n.endswith("weight")]
+    opt = torch.optim.Adam([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest}], lr=cfg.lr)
+    n = len(train)
+    boot = torch.randint(0, n, (cfg.ensemble, n), generator=gen)  # one bootstrap resample per member
+    best = torch.full((cfg.ensemble,), math.inf)
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    epoch, since_improved = 0, 0
+
+    progress = run.load_checkpoint(f"{PHASE}_{stage}_progress")
+    if progress is not None:
+        model.load_state_dict(progress["model"])
+        opt.load_state_dict(progress["optimizer"])
+        gen.set_state(progress["generator"])
+        restore_rng(progress["rng"])
+        boot, best, best_state = progress["boot"], progress["best"], progress["best_state"]
+        epoch, since_improved = progress["epoch"], progress["since_improved"]
+
+    updates = math.ceil(n / cfg.batch_size)
+    if cfg.max_updates_per_epoch > 0:
+        updates = min(updates, cfg.max_updates_per_epoch)
+    bar = ctx.bar(f"C dynamics {stage}", cfg.max_epochs, epoch)
+    while epoch < cfg.max_epochs and since_improved < cfg.patience:
+        order = torch.argsort(torch.rand(cfg.ensemble, n, generator=gen), dim=1)
+        for u in range(updates):
+            cols = order[:, u * cfg.batch_size:(u + 1) * cfg.batch_size]
+            rows = torch.gather(boot, 1, cols)  # (E, B) indices into the training set
+            loss_members = model.nll(obs[rows], act[rows], tgt[rows], train.weight[rows])
+            loss = loss_members.sum() + LOGVAR_BOUND_PENALTY * (model.max_logvar.sum() - model.min_logvar.sum())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            check_finite(loss, PHASE, epoch, f"{stage} NLL")
+            opt.step()
+        mse = _member_mse(model, h_obs, h_act, h_tgt)
+        improved = (best - mse) / best.abs().clamp_min(1e-12) > 0.01
+        if bool(improved.any()):
+            state = model.state_dict()
+            for k, v in state.items():
+                if k.startswith(("layers.", "head.")):  # per-member weights: keep each member's best
+                    best_state[k][improved] = v[improved].clone()
+                else:
+                    best_state[k] = v.clone()
+            best = torch.where(improved, mse, best)
+            since_improved = 0
+        else:
+            since_improved += 1
+        epoch += 1
+        bar.update(1)
+        bar.set_postfix(holdout_mse=f"{float(best.sort().values[: cfg.elites].mean()):.4g}")
+        run.log(PHASE, epoch, **{f"{stage}_train_nll": loss.item() / cfg.ensemble,
+                                 f"{stage}_holdout_mse": float(mse.mean())})
+        if epoch % cfg.checkpoint_every == 0:
+            run.save_checkpoint(f"{PHASE}_{stage}_progress", {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                "rng": capture_rng(), "boot": boot, "best": best, "best_state": best_state, "epoch": epoch,
+                "since_improved": since_improved})
+    bar.close()
+    model.load_state_dict(best_state)
+    model.elites.copy_(torch.argsort(best)[: cfg.elites])
+    return model.eval()
+
+
+@torch.no_grad()
+def augment(ctx: PhaseContext, model: DynamicsEnsemble, policy: MultiSeedPolicy, terminal: TerminationFn,
+            threshold: float, gen: torch.Generator) -> tuple[Transitions, dict]:
+    """Roll diffusion chunks open-loop through T̂0 and keep the low-disagreement prefixes."""
+    cfg, data = ctx.cfg.dynamics, ctx.data
+    target = int(cfg.augment_ratio * data.size)
+    T_o = policy.history
+    dyn = Dynamics(model, terminal, {})
+    parts: list[Transitions] = []
+    kept, attempted, batches = 0, 0, 0
+    max_batches = max(1, 4 * math.ceil(target / max(1, cfg.augment_batch)))  # stop if almost nothing is kept
+    bar = ctx.bar("C augmentation", target)
+    while kept < target and batches < max_batches:
+        idx = sample_indices(data.size, cfg.augment_batch, gen)
+        hist = data.histories(idx, T_o)
+        cond = policy.normalize(hist).reshape(idx.shape[0], -1)
+        own = policy.base_chunks_from_cond(cond)  # (B, n, H, d_a)
+        if policy.kind == "diffusion":  # a fresh bank of seeds, new for every batch
+            fresh_bank = SeedBank.draw(policy.num_seeds, len(policy.steps.timesteps), policy.horizon,
+                                       policy.action_dim, base_seed=10**7 + 10**4 * ctx.cfg.seed + batches)
+            fresh, _ = multiseed_sample(policy.denoiser, cond, policy.steps, fresh_bank, policy.eta, policy.tau)
+        else:  # Gaussian members: a fresh draw from a random member's Gaussian
+            means, log_std = policy.denoiser(cond)
+            fresh = (means + log_std.exp() * torch.randn(means.shape, generator=gen)).clamp(-1, 1)[:, :, None]
+        member = torch.randint(0, policy.num_seeds, (idx.shape[0],), generator=gen)
+        use_fresh = torch.rand(idx.shape[0], generator=gen) < cfg.fresh_seed_prob
+        rows = torch.arange(idx.shape[0])
+        chunks = torch.where(use_fresh[:, None, None], fresh[rows, member], own[rows, member])
+        obs = data.obs[idx]
+        alive = torch.ones(idx.shape[0], dtype=torch.bool)
+        for h in range(chunks.shape[1]):
+            act = chunks[:, h]
+            disagreement = ensemble_disagreement(model, obs, act)
+            alive = alive & (disagreement < threshold)
+            nxt, rew, done = dyn.step(obs, act, gen)
+            attempted += idx.shape[0]
+            if alive.any():
+                sel = alive
+                parts.append(Transitions(obs[sel], act[sel], rew[sel], nxt[sel], done[sel].float(),
+                                         torch.full((int(sel.sum()),), cfg.augment_weight)))
+                kept += int(sel.sum())
+                bar.update(int(sel.sum()))
+            alive = alive & ~done
+            if not alive.any():
+                break
+            obs = nxt
+        batches += 1
+    bar.close()
+    if parts:
+        out = parts[0]
+        for p in parts[1:]:
+            out = out.cat(p)
+    else:
+        empty = data.obs[:0]
+        out = Transitions(empty, data.actions[:0], data.rewards[:0], empty, data.rewards[:0], data.rewards[:0])
+    if len(out) > target:
+        out = Transitions(*(getattr(out, f)[:target] for f in
+                            ("obs", "actions", "rewards", "next_obs", "terminals", "weight")))
+    return out, {"keep_rate": kept / max(1, attempted), "augmented": len(out)}
+
+
+def train_dynamics(ctx: PhaseContext, policy: MultiSeedPolicy) -> Dynamics:
+    cfg, data, run = ctx.cfg.dynamics, ctx.data, ctx.run
+    terminal = termination_fn(data.robot)
+    hidden = cfg.hidden or (400 if data.robot in ADROIT else 200)
+
+    def build() -> DynamicsEnsemble:
+        return DynamicsEnsemble(data.obs_dim, data.action_dim, cfg.ensemble, hidden, cfg.layers, cfg.elites)
+
+    done = run.load_checkpoint(PHASE)
+    if done is not None:
+        model = build()
+        model.load_state_dict(done["model"])
+        return Dynamics(model.eval(), terminal, done["metrics"])
+
+    seed_everything(ctx.cfg.seed * 1000 + PHASE_SEED_OFFSETS[PHASE])
+    gen = ctx.generator(PHASE)
+    perm = torch.randperm(data.size, generator=gen)
+    n_hold = min(MAX_HOLDOUT, max(1, int(cfg.holdout_fraction * data.size)))
+    hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
+
+    def real(idx: Tensor) -> Transitions:
+        return Transitions(data.obs[idx], data.actions[idx], data.rewards[idx], data.next_obs[idx],
+                           data.terminals[idx], torch.ones(idx.shape[0]))
+
+    real_train, holdout = real(train_idx), real(hold_idx)
+    h_obs, h_act, h_tgt = holdout.inputs_targets
+
+    stage0 = run.load_checkpoint(f"{PHASE}_T0")
+    if stage0 is None:
+        model0 = fit_ensemble(ctx, "T0", real_train, holdout, gen)
+        run.save_checkpoint(f"{PHASE}_T0", {"model": model0.state_dict(), "generator": gen.get_state(),
+                                            "rng": capture_rng()})
+    else:
+        model0 = build()
+        model0.load_state_dict(stage0["model"])
+        model0.eval()
+        gen.set_state(stage0["generator"])
+        restore_rng(stage0["rng"])
+    scale = model0.out_std
+    metrics = {"T0_holdout_nll": gaussian_nll_raw(model0, h_obs, h_act, h_tgt),
+               "T0_holdout_error": holdout_error(model0, h_obs, h_act, h_tgt, scale)}
+    model = model0
+    if cfg.augmentation:
+        with torch.no_grad():
+            real_d = ensemble_disagreement(model0, h_obs, h_act)
+        threshold = float(torch.quantile(real_d, cfg.disagreement_quantile))
+        aug_ckpt = run.load_checkpoint(f"{PHASE}_augmented")
+        if aug_ckpt is None:
+            aug, aug_metrics = augment(ctx, model0, policy, terminal, threshold, gen)
+            run.save_checkpoint(f"{PHASE}_augmented", {"transitions": aug.state(), "metrics": aug_metrics,
+                                                      "generator": gen.get_state(), "rng": capture_rng()})
+        else:
+            aug, aug_metrics = Transitions(**aug_ckpt["transitions"]), aug_ckpt["metrics"]
+            gen.set_state(aug_ckpt["generator"])
+            restore_rng(aug_ckpt["rng"])
+        metrics.update(epsilon_kl=threshold, **aug_metrics)
+        model = fit_ensemble(ctx, "T", real_train.cat(aug), holdout, gen)
+        metrics.update(T_holdout_nll=gaussian_nll_raw(model, h_obs, h_act, h_tgt),
+                       T_holdout_error=holdout_error(model, h_obs, h_act, h_tgt, scale))
+    run.log(PHASE, 0, **metrics)
+    run.save_checkpoint(PHASE, {"model": model.state_dict(), "metrics": metrics})
+    return Dynamics(model, terminal, metrics)

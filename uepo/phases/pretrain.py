@@ -1,0 +1,204 @@
+"""Phase B: multi-seed diffusion pretraining (SPEC §3B), or Uni-O4's Gaussian BC ensemble.
+
+L_B = E‖M ⊙ (ε − ε_θ(√ᾱ_k A + √(1−ᾱ_k) ε, k, S))‖² − α · (1/n) Σ_i min(R_i(S), κ)
+
+The KL term's μ^i come from a short differentiable DDIM chain (``kl_chain_steps`` steps) of the
+online network on a sub-batch, every ``kl_every`` updates; its perturbation uses a running τ
+(the final τ is only known after training) and σ_i carries no gradient. After training, τ is
+calibrated on the EMA network as the ``tau_quantile`` of the nearest-competitor divergence.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from uepo import ops
+from uepo.config import Config
+from uepo.diffusion import Schedule, SeedBank
+from uepo.phases import PHASE_SEED_OFFSETS, PhaseContext, sample_indices
+from uepo.policy import MultiSeedPolicy, build_backbone, policy_config
+from uepo.runs import capture_rng, check_finite, restore_rng, seed_everything
+
+PHASE = "pretrain"
+RUNNING_TAU_DECAY = 0.99  # smoothing of the running τ used by the chain during training
+
+
+@dataclass
+class Pretrained:
+    policy: MultiSeedPolicy  # EMA backbone, calibrated τ, untrained heads
+    metrics: dict
+
+
+def base_seed_for(cfg: Config) -> int:
+    return cfg.pretrain.base_seed if cfg.pretrain.base_seed >= 0 else 1000 * cfg.seed
+
+
+def make_policy_config(cfg: Config, obs_dim: int, action_dim: int, tau: float = 0.0) -> dict:
+    p = cfg.pretrain
+    return policy_config(
+        "diffusion" if cfg.policy == "diffusion" else "gaussian-ensemble", obs_dim, action_dim,
+        cfg.data.history, cfg.data.horizon, p.num_seeds, p.denoiser, p.width, p.num_blocks, p.time_dim,
+        p.diffusion_steps, p.sampling_steps, base_seed_for(cfg), p.eta if p.divergence else 0.0,
+        tau if p.divergence else 0.0,
+    )
+
+
+def sequence_kl(chunks: Tensor, mask: Tensor | None, sigma_seq: float) -> Tensor:
+    """R_i = min_{j≠i} Σ_h M_h ‖μ^i_h − μ^j_h‖² / (2 σ² Σ_h M_h d_a): (B, n, H, d_a) -> (B, n).
+
+    The KL between isotropic Gaussians N(μ^i, σ²I) and N(μ^j, σ²I) over the unmasked steps,
+    per action dimension.
+    """
+    B, n, H, D = chunks.shape
+    m = chunks.new_ones(B, H) if mask is None else mask.to(chunks.dtype)
+    sq = ((chunks[:, :, None] - chunks[:, None, :]) ** 2).sum(-1)  # (B, n, n, H)
+    kl = (sq * m[:, None, None]).sum(-1) / (2 * sigma_seq**2 * m.sum(-1).clamp_min(1)[:, None, None] * D)
+    return ops.nearest_competitor(kl)
+
+
+def lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def masked_eps_loss(eps: Tensor, eps_hat: Tensor, mask: Tensor) -> Tensor:
+    m = mask.to(eps.dtype)[..., None]
+    return ((eps - eps_hat) ** 2 * m).sum() / (m.sum() * eps.shape[-1]).clamp_min(1)
+
+
+@torch.no_grad()
+def calibrate_tau(policy: MultiSeedPolicy, cond: Tensor, quantile: float, batch: int = 1024) -> tuple[float, float]:
+    """τ = quantile of min_{j≠i} div of the unperturbed μ^i over the given states; also the mean."""
+    saved_tau = policy.tau
+    policy.tau = 0.0
+    d = []
+    for s in range(0, cond.shape[0], batch):
+        chunks = policy.base_chunks_from_cond(cond[s:s + batch])
+        d.append(ops.nearest_competitor(ops.divergence(chunks.double())).float())
+    policy.tau = saved_tau
+    flat = torch.cat(d).flatten()
+    return float(torch.quantile(flat, quantile)), float(flat.mean())
+
+
+def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+            pe.lerp_(p, 1 - decay)
+
+
+def pretrain(ctx: PhaseContext) -> Pretrained:
+    cfg, p, data, run = ctx.cfg, ctx.cfg.pretrain, ctx.data, ctx.run
+    pcfg = make_policy_config(cfg, data.obs_dim, data.action_dim)
+    done = run.load_checkpoint(PHASE)
+    if done is not None:
+        return Pretrained(MultiSeedPolicy.from_state(done["policy"]), done["metrics"])
+
+    seed_everything(cfg.seed * 1000 + PHASE_SEED_OFFSETS[PHASE])
+    net = build_backbone(pcfg)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(p.warmup_steps, p.steps))
+    gen = ctx.generator(PHASE)
+    start, running_tau = 0, 0.0
+    progress = run.load_checkpoint(f"{PHASE}_progress")
+    if progress is not None:
+        net.load_state_dict(progress["net"])
+        ema.load_state_dict(progress["ema"])
+        opt.load_state_dict(progress["optimizer"])
+        sched.load_state_dict(progress["scheduler"])
+        gen.set_state(progress["generator"])
+        restore_rng(progress["rng"])
+        start, running_tau = progress["step"], progress["running_tau"]
+
+    diffusion = cfg.policy == "diffusion"
+    schedule = Schedule(p.diffusion_steps)
+    chain = schedule.ddim(p.kl_chain_steps)
+    chain_seeds = SeedBank.draw(p.num_seeds, p.kl_chain_steps, cfg.data.horizon, data.action_dim,
+                                base_seed_for(cfg))
+    H, T_o = cfg.data.horizon, cfg.data.history
+    use_kl = p.seq_kl and p.alpha > 0 and p.num_seeds > 1
+
+    def save_progress(step: int) -> None:
+        run.save_checkpoint(f"{PHASE}_progress", {
+            "net": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "generator": gen.get_state(), "rng": capture_rng(),
+            "step": step, "running_tau": running_tau,
+        })
+
+    def chain_eps(x: Tensor, t: int, c: Tensor) -> Tensor:
+        return net(x, torch.full((x.shape[0],), t, dtype=torch.long), c)
+
+    label = "B diffusion" if diffusion else "B Gaussian BC ensemble"
+    bar = ctx.bar(label, p.steps, start)
+    for step in range(start, p.steps):
+        idx = sample_indices(data.size, p.batch_size, gen)
+        cond = data.cond(idx, T_o)
+        metrics: dict[str, float] = {}
+        if diffusion:
+            chunk, mask = data.chunks(idx, H)
+            k = torch.randint(0, p.diffusion_steps, (idx.shape[0],), generator=gen)
+            eps = torch.randn(chunk.shape, generator=gen)
+            eps_hat = net(schedule.add_noise(chunk, eps, k), k, cond)
+            loss = masked_eps_loss(eps, eps_hat, mask)
+            metrics["eps_loss"] = loss.item()
+        else:  # Uni-O4: Gaussian NLL of a_t for every member
+            means, log_std = net(cond)
+            a = data.actions[idx][:, None]
+            loss = (((a - means) / log_std.exp()) ** 2 / 2 + log_std).sum(-1).mean()
+            metrics["bc_nll"] = loss.item()
+
+        if use_kl and step % p.kl_every == 0:
+            sub = idx[: p.kl_batch]
+            if diffusion:
+                eta = p.eta if (p.divergence and running_tau > 0) else 0.0
+                mus, divs = ops.multiseed_ddim(
+                    chain_eps, cond[: p.kl_batch], chain_seeds.noise, chain_seeds.perturb, chain.timesteps,
+                    chain.alpha_bars, eta, running_tau, return_div=True, divergence_fn=ops.divergence)
+                _, sub_mask = data.chunks(sub, H)
+                # running τ: the target quantile of the final-step nearest-competitor divergence
+                q = float(torch.quantile(divs[..., -1].detach().flatten(), p.tau_quantile))
+                running_tau = q if running_tau == 0 else RUNNING_TAU_DECAY * running_tau + (1 - RUNNING_TAU_DECAY) * q
+            else:
+                mus, sub_mask = means[: p.kl_batch][:, :, None], None
+            r = sequence_kl(mus, sub_mask, p.sigma_seq)
+            kl_term = r.clamp(max=p.kappa).mean()
+            loss = loss - p.alpha * kl_term
+            metrics["seq_kl"] = kl_term.item()
+
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        check_finite(loss, PHASE, step, "L_B")
+        if p.grad_clip > 0:
+            nn.utils.clip_grad_norm_(net.parameters(), p.grad_clip)
+        opt.step()
+        sched.step()
+        _ema_update(ema, net, p.ema)
+        bar.update(1)
+        if (step + 1) % p.log_every == 0 or step + 1 == p.steps:
+            metrics.update(loss=loss.item(), lr=sched.get_last_lr()[0], running_tau=running_tau)
+            run.log(PHASE, step + 1, **metrics)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("eps_loss", "bc_nll", "seq_kl")})
+        if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.steps:
+            save_progress(step + 1)
+    bar.close()
+
+    policy = MultiSeedPolicy(pcfg, data.obs_mean, data.obs_std, backbone=ema.eval())
+    result: dict[str, float] = {}
+    if diffusion:
+        states = sample_indices(data.size, min(p.tau_states, data.size), gen)
+        tau, mean_div = calibrate_tau(policy, data.cond(states, T_o), p.tau_quantile)
+        result.update(tau_calibrated=tau, mean_nearest_divergence=mean_div)
+        policy.set_tau(tau if p.divergence else 0.0)
+        result["tau"] = policy.tau
+        run.log(PHASE, p.steps, **result)
+    run.save_checkpoint(PHASE, {"policy": policy.state(), "metrics": result, "net": net.state_dict()})
+    return Pretrained(policy, result)

@@ -80,5 +80,6 @@ def evaluate_policy(
     }
     what = f"raw μ^{seed_index}" if raw else f"sub-policy {seed_index}"
     score_text = "n/a" if scores is None else f"{result['score_mean']:.1f} ± {result['score_std']:.1f}"
-    result["label"] = f"{dataset_id} [{env_id}] {what}: normalised score {score_text} over {episodes} episodes"
+    result["label"] = (f"{dataset_id} [{env_id}] {what}: normalised score {score_text} "
+                       f"over {episodes} episodes")
     return result

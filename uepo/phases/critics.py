@@ -47,7 +47,8 @@ def train_critics(ctx: PhaseContext) -> Critics:
         return Critics(q.eval(), v.eval())
 
     q_target = copy.deepcopy(q).requires_grad_(False)
-    opts = {"q": torch.optim.Adam(q.parameters(), lr=cfg.lr_q), "v": torch.optim.Adam(v.parameters(), lr=cfg.lr_v)}
+    opts = {"q": torch.optim.Adam(q.parameters(), lr=cfg.lr_q),
+            "v": torch.optim.Adam(v.parameters(), lr=cfg.lr_v)}
     gen = ctx.generator(PHASE)
     start = 0
     progress = run.load_checkpoint(f"{PHASE}_progress")
@@ -66,7 +67,8 @@ def train_critics(ctx: PhaseContext) -> Critics:
     def save_progress(step: int) -> None:
         run.save_checkpoint(f"{PHASE}_progress", {
             "q": q.state_dict(), "q_target": q_target.state_dict(), "v": v.state_dict(),
-            "optimizers": optimizer_state(opts), "generator": gen.get_state(), "rng": capture_rng(), "step": step,
+            "optimizers": optimizer_state(opts), "generator": gen.get_state(), "rng": capture_rng(),
+            "step": step,
         })
 
     bar = ctx.bar("A critics (IQL)", cfg.steps, start)

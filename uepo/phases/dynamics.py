@@ -111,6 +111,7 @@ def ensemble_disagreement(model: DynamicsEnsemble, obs: Tensor, action: Tensor) 
     return kl.mean(0)
 
 
+@torch.no_grad()
 def gaussian_nll_raw(model: DynamicsEnsemble, obs: Tensor, action: Tensor, target: Tensor) -> float:
     """Mean over elites of the per-dimension Gaussian NLL of raw targets (comparable across scalers)."""
     mean, var = model.predict(obs, action)
@@ -118,7 +119,9 @@ def gaussian_nll_raw(model: DynamicsEnsemble, obs: Tensor, action: Tensor, targe
     return float(nll.mean())
 
 
-def holdout_error(model: DynamicsEnsemble, obs: Tensor, action: Tensor, target: Tensor, scale: Tensor) -> float:
+@torch.no_grad()
+def holdout_error(model: DynamicsEnsemble, obs: Tensor, action: Tensor, target: Tensor,
+                  scale: Tensor) -> float:
     """Mean over elites of the squared error of the mean, per dimension in units of ``scale``."""
     mean, _ = model.predict(obs, action)
     return float((((target - mean) / scale) ** 2).mean())
@@ -167,13 +170,14 @@ def fit_ensemble(ctx: PhaseContext, stage: str, train: Transitions, holdout: Tra
             cols = order[:, u * cfg.batch_size:(u + 1) * cfg.batch_size]
             rows = torch.gather(boot, 1, cols)  # (E, B) indices into the training set
             loss_members = model.nll(obs[rows], act[rows], tgt[rows], train.weight[rows])
-            loss = loss_members.sum() + LOGVAR_BOUND_PENALTY * (model.max_logvar.sum() - model.min_logvar.sum())
+            bounds = model.max_logvar.sum() - model.min_logvar.sum()
+            loss = loss_members.sum() + LOGVAR_BOUND_PENALTY * bounds
             opt.zero_grad(set_to_none=True)
             loss.backward()
             check_finite(loss, PHASE, epoch, f"{stage} NLL")
             opt.step()
         mse = _member_mse(model, h_obs, h_act, h_tgt)
-        improved = (best - mse) / best.abs().clamp_min(1e-12) > 0.01
+        improved = mse < best * (1 - 0.01)  # > 1 % better than this member's best (any, from inf)
         if bool(improved.any()):
             state = model.state_dict()
             for k, v in state.items():
@@ -221,7 +225,8 @@ def augment(ctx: PhaseContext, model: DynamicsEnsemble, policy: MultiSeedPolicy,
         if policy.kind == "diffusion":  # a fresh bank of seeds, new for every batch
             fresh_bank = SeedBank.draw(policy.num_seeds, len(policy.steps.timesteps), policy.horizon,
                                        policy.action_dim, base_seed=10**7 + 10**4 * ctx.cfg.seed + batches)
-            fresh, _ = multiseed_sample(policy.denoiser, cond, policy.steps, fresh_bank, policy.eta, policy.tau)
+            fresh, _ = multiseed_sample(policy.denoiser, cond, policy.steps, fresh_bank, policy.eta,
+                                        policy.tau)
         else:  # Gaussian members: a fresh draw from a random member's Gaussian
             means, log_std = policy.denoiser(cond)
             fresh = (means + log_std.exp() * torch.randn(means.shape, generator=gen)).clamp(-1, 1)[:, :, None]
@@ -254,8 +259,8 @@ def augment(ctx: PhaseContext, model: DynamicsEnsemble, policy: MultiSeedPolicy,
         for p in parts[1:]:
             out = out.cat(p)
     else:
-        empty = data.obs[:0]
-        out = Transitions(empty, data.actions[:0], data.rewards[:0], empty, data.rewards[:0], data.rewards[:0])
+        empty, none = data.obs[:0], data.rewards[:0]
+        out = Transitions(empty, data.actions[:0], none, empty, none, none)
     if len(out) > target:
         out = Transitions(*(getattr(out, f)[:target] for f in
                             ("obs", "actions", "rewards", "next_obs", "terminals", "weight")))

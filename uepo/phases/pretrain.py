@@ -76,7 +76,8 @@ def masked_eps_loss(eps: Tensor, eps_hat: Tensor, mask: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def calibrate_tau(policy: MultiSeedPolicy, cond: Tensor, quantile: float, batch: int = 1024) -> tuple[float, float]:
+def calibrate_tau(policy: MultiSeedPolicy, cond: Tensor, quantile: float,
+                  batch: int = 1024) -> tuple[float, float]:
     """τ = quantile of min_{j≠i} div of the unperturbed μ^i over the given states; also the mean."""
     saved_tau = policy.tau
     policy.tau = 0.0
@@ -166,7 +167,8 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
                 _, sub_mask = data.chunks(sub, H)
                 # running τ: the target quantile of the final-step nearest-competitor divergence
                 q = float(torch.quantile(divs[..., -1].detach().flatten(), p.tau_quantile))
-                running_tau = q if running_tau == 0 else RUNNING_TAU_DECAY * running_tau + (1 - RUNNING_TAU_DECAY) * q
+                decay = RUNNING_TAU_DECAY if running_tau > 0 else 0.0
+                running_tau = decay * running_tau + (1 - decay) * q
             else:
                 mus, sub_mask = means[: p.kl_batch][:, :, None], None
             r = sequence_kl(mus, sub_mask, p.sigma_seq)
@@ -186,7 +188,8 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
         if (step + 1) % p.log_every == 0 or step + 1 == p.steps:
             metrics.update(loss=loss.item(), lr=sched.get_last_lr()[0], running_tau=running_tau)
             run.log(PHASE, step + 1, **metrics)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("eps_loss", "bc_nll", "seq_kl")})
+            shown = ("eps_loss", "bc_nll", "seq_kl")
+            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in shown})
         if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.steps:
             save_progress(step + 1)
     bar.close()

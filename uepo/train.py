@@ -1,0 +1,187 @@
+"""``python -m uepo.train``: the offline pipeline, phases A–D of SPEC §3, then evaluation.
+
+    python -m uepo.train --dataset local/hopper/medium-v0 --preset bench --seed 0 --out runs
+
+A → IQL critics, B → multi-seed diffusion pretraining (or ``--policy gaussian-ensemble``),
+C → dynamics with diffusion augmentation, D → BPPO + AM-Q + selection; then deterministic
+episodes of each raw μ^i and of the selected policy in the dataset's env. The online phase (E)
+is not run here. The run directory gets config.yaml, metrics.csv + TensorBoard events,
+checkpoints/ (resumable: rerun with ``--run_dir DIR --resume``), summary.json and
+checkpoints/offline.pt (docs/CONTRACTS.md).
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from uepo import ops
+from uepo.config import Config, load_yaml, parse_args, save_yaml, to_dict
+from uepo.data import DatasetError, OfflineData, load_offline_data
+from uepo.evaluate import evaluate_policy
+from uepo.phases import PhaseContext
+from uepo.phases.critics import train_critics
+from uepo.phases.dynamics import train_dynamics
+from uepo.phases.improve import improve
+from uepo.phases.pretrain import pretrain
+from uepo.runs import NonFiniteLossError, Run, seed_everything
+
+PHASES_RUN = ["A critics (IQL)", "B multi-seed pretraining", "C dynamics + augmentation",
+              "D improvement + selection", "evaluation"]
+PHASES_NOT_RUN = ["E online fine-tuning (not part of uepo.train's offline pipeline)"]
+EVAL_SEED_OFFSET = 100_000  # evaluation episodes start from seeds disjoint from training
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("-dirty" if dirty else "")) or None
+
+
+def run_directory(cfg: Config) -> Path:
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return Path(cfg.out) / cfg.dataset / f"{stamp}-{cfg.seed}"
+
+
+def check_resume(cfg: Config, root: Path) -> None:
+    """A resumed run must use the config it started with (else the result is neither run)."""
+    saved_path = root / "config.yaml"
+    if not saved_path.exists():
+        raise FileNotFoundError(f"--resume: {saved_path} does not exist; pass the run_dir of an earlier run")
+    saved, current = load_yaml(saved_path), to_dict(cfg)
+    ignore = {"resume", "run_dir", "out"}
+    diffs = []
+    for key, value in current.items():
+        if key in ignore:
+            continue
+        if isinstance(value, dict):
+            diffs += [f"{key}.{k}: {saved.get(key, {}).get(k)!r} -> {v!r}" for k, v in value.items()
+                      if saved.get(key, {}).get(k) != v]
+        elif saved.get(key) != value:
+            diffs.append(f"{key}: {saved.get(key)!r} -> {value!r}")
+    if diffs:
+        raise ValueError("--resume with a different config than the run started with: " + "; ".join(diffs)
+                         + ". Resume with the same flags, or start a new run")
+
+
+def evaluate_all(ctx: PhaseContext, policy, selected: int) -> dict:
+    cfg, data = ctx.cfg.improve, ctx.data
+    results: dict = {}
+    if cfg.eval_episodes <= 0:
+        return results
+    if data.env_spec is None:
+        raise DatasetError(f"dataset {data.dataset_id} records no environment, so it cannot be evaluated; "
+                           "set --improve.eval_episodes 0")
+    common = dict(episodes=cfg.eval_episodes, seed=ctx.cfg.seed * 1000 + EVAL_SEED_OFFSET,
+                  dataset_id=data.dataset_id, ref_min_score=data.ref_min_score,
+                  ref_max_score=data.ref_max_score)
+    if cfg.eval_raw:
+        results["raw"] = [evaluate_policy(policy, data.env_spec, i, raw=True, **common)
+                          for i in range(policy.num_seeds)]
+    results["selected"] = evaluate_policy(policy, data.env_spec, selected, **common)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    try:
+        data: OfflineData = load_offline_data(cfg.dataset, cfg.download, cfg.data.action_clip)
+    except DatasetError as exc:
+        print(f"uepo.train: {exc}", file=sys.stderr)
+        return 2
+
+    root = run_directory(cfg)
+    if cfg.resume:
+        check_resume(cfg, root)
+    elif (root / "config.yaml").exists():
+        print(f"uepo.train: {root} already holds a run; pass --resume to continue it or choose another "
+              "--run_dir", file=sys.stderr)
+        return 2
+    run = Run(root, resume=cfg.resume)
+    save_yaml(cfg, root / "config.yaml")
+    run.update_summary(
+        dataset=data.provenance, env_id=data.env_id, preset=cfg.preset, seed=cfg.seed, policy=cfg.policy,
+        command=" ".join(["python -m uepo.train", *(argv if argv is not None else sys.argv[1:])]),
+        provenance={"git_commit": git_commit(), "torch": torch.__version__,
+                    "python": platform.python_version(),
+                    "kernel_backend": ops.backend(cfg.device), "threads": cfg.threads,
+                    "machine": platform.machine()},
+        phases_run=[], phases_not_run=PHASES_NOT_RUN,
+        scores_note="local/Minari data: scores are not comparable with D4RL-v2 tables",
+    )
+    print(f"uepo.train: run directory {root}; dataset {data.dataset_id} ({data.size} steps, "
+          f"env {data.env_id}); kernel backend {ops.backend(cfg.device)}", file=sys.stderr)
+    ctx = PhaseContext(run, cfg, data, torch.device(cfg.device))
+    done: list[str] = []
+    try:
+        with run.timer("A_critics"):
+            critics = train_critics(ctx)
+        done.append(PHASES_RUN[0])
+        with run.timer("B_pretrain"):
+            pre = pretrain(ctx)
+        done.append(PHASES_RUN[1])
+        with run.timer("C_dynamics"):
+            dynamics = train_dynamics(ctx, pre.policy)
+        done.append(PHASES_RUN[2])
+        with run.timer("D_improve"):
+            improved = improve(ctx, pre.policy, critics, dynamics)
+        done.append(PHASES_RUN[3])
+    except NonFiniteLossError as exc:
+        run.update_summary(phases_run=done, error=str(exc))
+        print(f"uepo.train: stopped: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        run.update_summary(phases_run=list(done))
+
+    offline = {
+        "policy": improved.policy.state(),
+        "selected": improved.selected,
+        "value": {"state_dict": critics.v.state_dict(),
+                  "config": {"obs_dim": data.obs_dim, "hidden": cfg.critics.hidden,
+                             "layers": cfg.critics.layers}},
+        "dataset": data.provenance,
+        "env_id": data.env_id,
+    }
+    run.save_checkpoint("offline", offline)
+
+    with run.timer("evaluation"):
+        evals = evaluate_all(ctx, improved.policy, improved.selected)
+    done.append(PHASES_RUN[4])
+    scores = {
+        "label": f"{data.dataset_id} (local/Minari data; not comparable with D4RL-v2)",
+        "dataset_episodes": data.provenance.get("episode_score_mean"),
+        "dataset_episodes_std": data.provenance.get("episode_score_std"),
+        "selected_index": improved.selected,
+        "amq_raw": improved.amq_raw,
+        "amq_selected_candidates": improved.amq_best,
+        "raw": [r["score_mean"] for r in evals.get("raw", [])],
+        "selected": evals.get("selected", {}).get("score_mean"),
+    }
+    run.update_summary(scores=scores, evaluation=evals, phases_run=done, pretrain=pre.metrics,
+                       dynamics=dynamics.metrics)
+    for r in evals.get("raw", []) + ([evals["selected"]] if "selected" in evals else []):
+        print(r["label"], file=sys.stderr)
+    print(f"uepo.train: ran {', '.join(done)}. Not run: {', '.join(PHASES_NOT_RUN)}.", file=sys.stderr)
+    print(f"uepo.train: offline artefact {run.checkpoints / 'offline.pt'}; summary {root / 'summary.json'}",
+          file=sys.stderr)
+    run.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,9 +11,12 @@ import os
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 from uepo import envs
 from uepo.datasets import DEFAULT_DATASET_ID, SHIPPED_ROOT, shipped_dataset_ids, use_shipped_dataset
+
+torch.set_num_threads(1)  # two shared cores: more threads only contend
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

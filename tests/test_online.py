@@ -202,7 +202,8 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
 
 def test_non_finite_loss_stops_with_phase_and_step_and_keeps_the_checkpoint(tmp_path):
     run = Run(tmp_path / "run", tensorboard=False)
-    cfg = tiny_config(lr_critic=1e30, eval_every=10_000)  # the critic blows up after its first update
+    # one update per rollout; the critic's first step (Adam: ~lr per weight) makes it overflow
+    cfg = tiny_config(lr_critic=1e30, eval_every=10_000, epochs=1, minibatch_size=256)
     with pytest.raises(NonFiniteLossError, match=r"phase 'online', step 512"):
         online.run_online(run, cfg, tiny_bundle(), seed=0, progress=False)
     saved = run.load_checkpoint("online")

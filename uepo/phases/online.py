@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from uepo import envs
 from uepo.config import OnlineConfig
+from uepo.data import D4RL_REF_SCORES, robot_name
 from uepo.nets import ValueNet
 from uepo.policy import MultiSeedPolicy
 from uepo.runs import Run, capture_rng, check_finite, restore_rng, seed_everything
@@ -41,29 +42,20 @@ PHASE = "online"
 CHECKPOINT = "online"
 ONLINE_SEED_OFFSET = 4  # phase E's stream: run seed + offset (A–D use their own)
 
-# D4RL reference returns (SPEC §1) for datasets whose metadata has none.
-D4RL_REFERENCE = {
-    "hopper": (-20.272305, 3234.3), "halfcheetah": (-280.178953, 12135.0), "walker2d": (1.629008, 4592.3),
-    "pen": (96.262799, 3076.83), "door": (-56.512833, 2880.57), "hammer": (-274.856578, 12794.13),
-    "relocate": (-6.425911, 4233.88),
-}
-
-
 def reference_scores(env_id: str, dataset_info: dict | None = None) -> tuple[float, float]:
-    """(ref_min, ref_max) from the dataset's metadata, else D4RL's constants for the robot."""
+    """(ref_min, ref_max) from the dataset's provenance (its Minari metadata), else D4RL's constants."""
     info = dataset_info or {}
     if info.get("ref_min_score") is not None and info.get("ref_max_score") is not None:
         return float(info["ref_min_score"]), float(info["ref_max_score"])
-    name = env_id.lower()
-    for robot, ref in D4RL_REFERENCE.items():
-        if robot in name.replace("adroithand", ""):
-            return ref
-    raise ValueError(f"no reference returns for env {env_id!r}: the dataset's metadata has none and "
-                     "it is not a D4RL robot; pass ref_scores=(min, max)")
+    robot = robot_name(env_id, info.get("dataset_id", ""))
+    if robot is None:
+        raise ValueError(f"no reference returns for env {env_id!r}: the dataset's metadata has none and "
+                         "it is not a D4RL robot; pass ref_scores=(min, max)")
+    return D4RL_REF_SCORES[robot]
 
 
-def normalized_score(returns: np.ndarray | float, ref: tuple[float, float]) -> np.ndarray | float:
-    return 100.0 * (np.asarray(returns) - ref[0]) / (ref[1] - ref[0])
+def normalized_score(returns: np.ndarray | float, ref: tuple[float, float]) -> np.ndarray:
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - ref[0]) / (ref[1] - ref[0])
 
 
 # ---------------------------------------------------------------------------------------------

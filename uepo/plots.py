@@ -1,0 +1,172 @@
+"""Plots of a run directory's metrics.csv (matplotlib, Agg): ``plots/*.png``.
+
+- ``plots/<phase>.png`` for every phase: one panel per metric against the phase's step; metrics
+  that differ only by a sub-policy suffix (``amq_0``, ``amq_1``, ...) share a panel, one line each;
+  metrics logged once are drawn as bars.
+- ``plots/learning_curve.png``: the online phase's deterministic evaluation score (± std over
+  episodes) and the training episodes' score against env steps, with the offline score of the
+  selected policy as a reference line when summary.json has it.
+
+    python -m uepo.plots RUN_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (after choosing the non-interactive backend)
+
+MAX_PANELS = 24  # per phase figure; the rest are listed in the figure's title
+_SUFFIX = re.compile(r"^(.*?)_(\d+)$")
+
+Series = dict[str, list[tuple[int, float]]]  # key -> [(step, value)]
+
+
+def read_metrics(path: Path) -> dict[str, Series]:
+    """metrics.csv (time, phase, step, key, value) -> {phase: {key: [(step, value), ...]}}."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: pass a run directory made by `python -m uepo.train`")
+    out: dict[str, Series] = defaultdict(lambda: defaultdict(list))
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != ["time", "phase", "step", "key", "value"]:
+            raise ValueError(f"{path} is not a uepo metrics file (header {header})")
+        for row in reader:
+            if len(row) != 5:
+                continue  # a line torn by a kill: the rest of the file is still good
+            _, phase, step, key, value = row
+            out[phase][key].append((int(step), float(value)))
+    return {p: dict(s) for p, s in out.items()}
+
+
+def _groups(series: Series) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Panel title -> {line label -> points}; keys ending in _<i> share a panel."""
+    groups: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(dict)
+    for key, points in series.items():
+        m = _SUFFIX.match(key)
+        if m:
+            groups[m.group(1)][f"{m.group(2)}"] = points
+        else:
+            groups[key][key] = points
+    return dict(groups)
+
+
+def plot_phase(phase: str, series: Series, path: Path) -> Path:
+    groups = _groups(series)
+    # single values (logged once, no sub-policy index) are listed in one text panel
+    scalars = {n: next(iter(g.values()))[0][1] for n, g in groups.items() if len(g) == 1
+               and len(next(iter(g.values()))) == 1}
+    names = sorted(n for n in groups if n not in scalars)[:MAX_PANELS]
+    panels = len(names) + (1 if scalars else 0)
+    cols = min(4, panels)
+    rows = math.ceil(panels / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    if scalars:
+        ax = axes.flat[len(names)]
+        ax.axis("off")
+        text = "\n".join(f"{k} = {v:.4g}" for k, v in sorted(scalars.items()))
+        ax.text(0.0, 1.0, text, va="top", ha="left", family="monospace", fontsize=8, transform=ax.transAxes)
+        ax.set_title("final values", fontsize=9)
+    for ax, name in zip(axes.flat, names, strict=False):
+        lines = groups[name]
+        if all(len(p) == 1 for p in lines.values()):  # logged once: bars
+            labels = sorted(lines, key=lambda s: (len(s), s))
+            ax.bar(labels, [lines[k][0][1] for k in labels], color="tab:blue")
+        else:
+            for label in sorted(lines, key=lambda s: (len(s), s)):
+                steps, values = zip(*sorted(lines[label]), strict=True)
+                ax.plot(steps, values, label=label if len(lines) > 1 else None, lw=1.2)
+            if len(lines) > 1:
+                ax.legend(fontsize=7, title="sub-policy", title_fontsize=7)
+            ax.set_xlabel("step", fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[panels:]:
+        ax.axis("off")
+    hidden = sorted(n for n in groups if n not in scalars)[MAX_PANELS:]
+    title = f"phase {phase}" + (f" (not shown: {', '.join(hidden)})" if hidden else "")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_learning_curve(online: Series, summary: dict, path: Path) -> Path | None:
+    """Online evaluation score against env steps; None when the run has no online evaluation."""
+    evals = sorted(online.get("eval_score", []))
+    if not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    steps, scores = zip(*evals, strict=True)
+    ax.plot(steps, scores, "o-", color="tab:blue", label="evaluation (deterministic)")
+    ref = summary.get("online", {}).get("ref_scores")
+    std = dict(online.get("eval_return_std", []))
+    if ref and len(std) == len(evals):  # the return std in score units
+        band = [100.0 * std[s] / (ref[1] - ref[0]) for s in steps]
+        ax.fill_between(steps, [m - b for m, b in zip(scores, band, strict=True)],
+                        [m + b for m, b in zip(scores, band, strict=True)], color="tab:blue", alpha=0.15)
+    train = sorted(online.get("episode_score", []))
+    if train:
+        ax.plot(*zip(*train, strict=True), color="tab:orange", alpha=0.7, lw=1, label="training episodes")
+    offline = (summary.get("scores") or {}).get("selected")
+    if isinstance(offline, (int, float)):
+        ax.axhline(offline, color="gray", ls="--", lw=1, label="offline (selected policy)")
+    dataset = (summary.get("dataset") or {}).get("dataset_id", "")
+    ax.set_title(f"online fine-tuning {dataset}".strip(), fontsize=10)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("normalised score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def make_plots(run_dir: str | Path) -> list[Path]:
+    """Write every plot of the run into run_dir/plots/ and return their paths."""
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir / "metrics.csv")
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    out = run_dir / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = [plot_phase(phase, series, out / f"{_filename(phase)}.png")
+               for phase, series in metrics.items()]
+    curve = plot_learning_curve(metrics.get("online", {}), summary, out / "learning_curve.png")
+    return written + ([curve] if curve else [])
+
+
+def _filename(phase: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", phase)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m uepo.plots", description="Plot a run's metrics.csv.")
+    parser.add_argument("run_dir", help="a run directory (holds metrics.csv)")
+    args = parser.parse_args(argv)
+    try:
+        paths = make_plots(args.run_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"uepo.plots: {exc}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

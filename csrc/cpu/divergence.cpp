@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "uepo/divergence.h"
@@ -15,13 +16,31 @@ namespace {
 
 constexpr int64_t kBatchGrain = 16;
 
+// Calls f(std::integral_constant<int64_t, D>) for the common small action sizes, so that the
+// inlined divergence loops unroll; f(-1 marker) with the runtime D otherwise.
+template <typename F>
+void with_static_dim(int64_t D, F&& f) {
+  switch (D) {
+    case 1: return f(std::integral_constant<int64_t, 1>{});
+    case 2: return f(std::integral_constant<int64_t, 2>{});
+    case 3: return f(std::integral_constant<int64_t, 3>{});
+    case 4: return f(std::integral_constant<int64_t, 4>{});
+    case 6: return f(std::integral_constant<int64_t, 6>{});
+    case 7: return f(std::integral_constant<int64_t, 7>{});
+    case 8: return f(std::integral_constant<int64_t, 8>{});
+    default: return f(D);
+  }
+}
+
 at::Tensor divergence_cpu(const at::Tensor& chunks_in, const std::optional<at::Tensor>& mask_in,
                           double eps) {
   const auto mask = check_divergence_inputs(chunks_in, mask_in, "uepo.divergence");
   const auto chunks = chunks_in.contiguous();
-  const int64_t B = chunks.size(0), n = chunks.size(1), H = chunks.size(2), D = chunks.size(3);
+  const int64_t B = chunks.size(0), n = chunks.size(1), H = chunks.size(2);
   auto out = at::empty({B, n, n}, chunks.options());
   AT_DISPATCH_FLOATING_TYPES(chunks.scalar_type(), "uepo_divergence_cpu", [&] {
+   with_static_dim(chunks.size(3), [&](auto Dc) {
+    const int64_t D = Dc;
     using T = scalar_t;
     const T* a = chunks.data_ptr<T>();
     const T* m = mask.defined() ? mask.data_ptr<T>() : nullptr;
@@ -44,6 +63,7 @@ at::Tensor divergence_cpu(const at::Tensor& chunks_in, const std::optional<at::T
         }
       }
     });
+   });
   });
   return out;
 }
@@ -52,12 +72,14 @@ at::Tensor divergence_backward_cpu(const at::Tensor& grad_in, const at::Tensor& 
                                    const std::optional<at::Tensor>& mask_in, double eps) {
   const auto mask = check_divergence_inputs(chunks_in, mask_in, "uepo.divergence_backward");
   const auto chunks = chunks_in.contiguous();
-  const int64_t B = chunks.size(0), n = chunks.size(1), H = chunks.size(2), D = chunks.size(3);
+  const int64_t B = chunks.size(0), n = chunks.size(1), H = chunks.size(2);
   TORCH_CHECK(grad_in.sizes() == at::IntArrayRef({B, n, n}),
               "uepo.divergence_backward: grad must have shape (B, n, n), got ", grad_in.sizes());
   const auto grad = grad_in.to(chunks.scalar_type()).contiguous();
   auto out = at::zeros_like(chunks);
   AT_DISPATCH_FLOATING_TYPES(chunks.scalar_type(), "uepo_divergence_backward_cpu", [&] {
+   with_static_dim(chunks.size(3), [&](auto Dc) {
+    const int64_t D = Dc;
     using T = scalar_t;
     const T* a = chunks.data_ptr<T>();
     const T* g = grad.data_ptr<T>();
@@ -85,6 +107,7 @@ at::Tensor divergence_backward_cpu(const at::Tensor& grad_in, const at::Tensor& 
         for (int64_t i = 0; i < n; ++i) derivatives_backward(gd.data() + i * G, H, D, o + (b * n + i) * H * D);
       }
     });
+   });
   });
   return out;
 }

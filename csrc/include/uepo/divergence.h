@@ -15,7 +15,8 @@
 #if defined(__CUDACC__)
 #define UEPO_HD __host__ __device__ __forceinline__
 #else
-#define UEPO_HD inline
+// Always inlined, so that a caller passing a compile-time H or D gets fully unrolled loops.
+#define UEPO_HD inline __attribute__((always_inline))
 #endif
 
 namespace uepo {
@@ -161,22 +162,23 @@ UEPO_HD void pair_divergence_grad(const Derivs<T>& a, const Derivs<T>& b, const 
 }
 
 // grad_chunk += the adjoint of chunk_derivatives applied to a derivative-space gradient gd.
+// Gather form: each chunk entry is written once (v_t pulls on a_{t+1}, a_t; c_t on a_{t+1},
+// a_t, a_{t-1}; c_t is stored at t - 1).
 template <typename T>
 UEPO_HD void derivatives_backward(const T* gd, int64_t H, int64_t D, T* grad_chunk) {
   const T* gv = gd;
   const T* gc = gd + (H - 1) * D;
-  for (int64_t t = 0; t + 1 < H; ++t)
+  for (int64_t h = 0; h < H; ++h) {
     for (int64_t d = 0; d < D; ++d) {
-      grad_chunk[(t + 1) * D + d] += gv[t * D + d];
-      grad_chunk[t * D + d] -= gv[t * D + d];
+      T s = 0;
+      if (h >= 1) s += gv[(h - 1) * D + d];
+      if (h + 1 < H) s -= gv[h * D + d];
+      if (h >= 2) s += gc[(h - 2) * D + d];
+      if (h >= 1 && h + 1 < H) s -= T(2) * gc[(h - 1) * D + d];
+      if (h + 2 < H) s += gc[h * D + d];
+      grad_chunk[h * D + d] += s;
     }
-  for (int64_t t = 1; t + 1 < H; ++t)
-    for (int64_t d = 0; d < D; ++d) {
-      const T c = gc[(t - 1) * D + d];
-      grad_chunk[(t + 1) * D + d] += c;
-      grad_chunk[t * D + d] -= T(2) * c;
-      grad_chunk[(t - 1) * D + d] += c;
-    }
+  }
 }
 
 // min_{j != i} div(chunk i, chunk j) over n chunks whose derivatives lie back to back at

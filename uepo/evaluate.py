@@ -7,6 +7,7 @@ data are not comparable with D4RL-v2 tables.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,3 +84,98 @@ def evaluate_policy(
     result["label"] = (f"{dataset_id} [{env_id}] {what}: normalised score {score_text} "
                        f"over {episodes} episodes")
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: python -m uepo.evaluate CHECKPOINT [--episodes N] [--video PATH]
+# ---------------------------------------------------------------------------------------------
+
+
+def load_bundle(path: str | Path) -> tuple[dict, Path]:
+    """The policy bundle in a checkpoint file, or in a run directory (online.pt, else offline.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "checkpoints" / "online.pt", path / "checkpoints" / "offline.pt",
+                      path / "online.pt", path / "offline.pt"]
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            raise FileNotFoundError(f"{path} holds no checkpoints/online.pt or checkpoints/offline.pt: "
+                                    "run `python -m uepo.train` first, or pass a checkpoint file")
+        path = found
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torn or foreign file
+        raise ValueError(f"checkpoint {path} cannot be read ({exc}); use another checkpoint of the "
+                         "run") from exc
+    if not isinstance(bundle, dict) or not {"policy", "selected", "env_id"} <= set(bundle):
+        raise ValueError(f"{path} is not a uepo policy checkpoint (offline.pt or online.pt): it lacks "
+                         "policy/selected/env_id; phase checkpoints such as critics.pt cannot act")
+    return bundle, path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from uepo.data import D4RL_REF_SCORES, robot_name
+    from uepo.envs import record_video, video_writer_problem
+
+    parser = argparse.ArgumentParser(
+        prog="python -m uepo.evaluate",
+        description="Normalised score of a trained policy over deterministic episodes in the dataset's env.")
+    parser.add_argument("checkpoint", help="checkpoints/online.pt or offline.pt, or a run directory")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes to average (default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="episode j is reset with seed + j (default 0)")
+    parser.add_argument("--sub-policy", type=int, default=None,
+                        help="which sub-policy acts (default: the selected one, i*)")
+    parser.add_argument("--raw", action="store_true", help="act with the raw diffusion action μ^i_1")
+    parser.add_argument("--video", default=None, metavar="PATH",
+                        help="also render the first episode to this mp4 (MuJoCo offscreen, MUJOCO_GL=egl)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        bundle, path = load_bundle(args.checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"uepo.evaluate: {exc}", file=sys.stderr)
+        return 2
+    try:
+        policy = MultiSeedPolicy.from_state(bundle["policy"])
+    except (KeyError, RuntimeError) as exc:  # made by another version of uepo's networks
+        print(f"uepo.evaluate: {path} does not fit this version of uepo's policy ({exc}); evaluate it "
+              "with the uepo version that trained it, or retrain", file=sys.stderr)
+        return 2
+    if args.video and (problem := video_writer_problem()):  # say so before the episodes run
+        print(f"uepo.evaluate: cannot write {args.video}: {problem}", file=sys.stderr)
+        return 2
+    dataset = bundle.get("dataset") or {}
+    ref_min, ref_max = dataset.get("ref_min_score"), dataset.get("ref_max_score")
+    if ref_min is None or ref_max is None:
+        ref_min, ref_max = D4RL_REF_SCORES.get(robot_name(bundle["env_id"]) or "", (None, None))
+    index = int(bundle["selected"]) if args.sub_policy is None else args.sub_policy
+    result = evaluate_policy(policy, bundle["env_id"], index, episodes=args.episodes, seed=args.seed,
+                             raw=args.raw, dataset_id=dataset.get("dataset_id", ""),
+                             ref_min_score=ref_min, ref_max_score=ref_max)
+    print(f"{path}: {result['label']}")
+    print(f"returns {[round(r, 1) for r in result['returns']]}")
+    if args.video:
+        def act(hist: np.ndarray) -> np.ndarray:
+            h = torch.as_tensor(hist, dtype=torch.float32)
+            with torch.no_grad():
+                a = policy.base_action(h, index) if args.raw else policy.act(h, index, deterministic=True)
+            return a.clamp(-1, 1).numpy().astype(np.float64)
+
+        try:
+            ret, steps = record_video(act, bundle["env_id"], args.video, seed=args.seed,
+                                      history=policy.history)
+        except RuntimeError as exc:
+            print(f"uepo.evaluate: no video: {exc}", file=sys.stderr)
+            return 3
+        print(f"video of episode 0 ({steps} steps, return {ret:.1f}): {args.video}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -210,3 +210,20 @@ def test_non_finite_loss_stops_with_phase_and_step_and_keeps_the_checkpoint(tmp_
     saved = run.load_checkpoint("online")
     assert saved["counters"]["env_steps"] == 256 and not saved["done"]
     assert all(torch.isfinite(v).all() for v in saved["agent"]["value"].values())
+
+
+def test_resume_drops_rows_logged_after_the_checkpoint_and_a_torn_line(tmp_path):
+    run = Run(tmp_path, tensorboard=False)
+    run.log("improve", 5, amq_0=1.0)
+    for step in (0, 256, 512):
+        run.log("online", step, eval_score=float(step))
+    with open(tmp_path / "metrics.csv", "a") as f:
+        f.write("123.0,online,7")  # torn by the kill
+    online._drop_metrics_after(run, "online", 512)  # only the torn line goes
+    assert [r[1] for r in metric_rows(tmp_path)] == ["5", "0", "256", "512"]
+    online._drop_metrics_after(run, "online", 256)
+    run.log("online", 512, eval_score=-1.0)
+    run.close()
+    rows = metric_rows(tmp_path)
+    assert rows == [["improve", "5", "amq_0", "1.0"], ["online", "0", "eval_score", "0.0"],
+                    ["online", "256", "eval_score", "256.0"], ["online", "512", "eval_score", "-1.0"]]

@@ -275,7 +275,8 @@ def _update(agent: OnlineAgent, buf: Rollout, cfg: OnlineConfig, step: int) -> d
 
 def _drop_metrics_after(run: Run, phase: str, step: int) -> None:
     """Cut metrics.csv before the first ``phase`` row past ``step`` (rows a killed run logged after
-    its last checkpoint; the resumed run logs them again). In place, so Run's append handle stays valid."""
+    its last checkpoint; the resumed run logs them again) or a torn last line. In place, so that
+    Run's append handle stays valid."""
     path = run.dir / "metrics.csv"
     if not path.exists():
         return
@@ -284,7 +285,8 @@ def _drop_metrics_after(run: Run, phase: str, step: int) -> None:
         offset = 0
         for line in io.StringIO(text, newline=""):
             row = next(csv.reader([line]), [])
-            if len(row) == 5 and row[1] == phase and row[2].isdigit() and int(row[2]) > step:
+            torn = not line.endswith("\n")  # the kill hit mid-write: the next append would join it
+            if torn or (len(row) == 5 and row[1] == phase and row[2].isdigit() and int(row[2]) > step):
                 f.seek(offset)
                 f.truncate()
                 return
@@ -341,6 +343,7 @@ def run_online(
             return saved["summary"]
     else:
         seed_everything(seed + ONLINE_SEED_OFFSET)  # the same start whatever ran before in this process
+        _drop_metrics_after(run, PHASE, -1)  # rows of a run killed before its first checkpoint
 
     def evaluate() -> float:
         returns, lengths = envs.run_episodes(agent.act, env, cfg.eval_episodes, eval_seed, policy.history)

@@ -330,7 +330,7 @@ def run_online(
     history: dict[str, Any] = {"score_start": None, "best_score": -math.inf, "last_score": None}
     saved = run.load_checkpoint(CHECKPOINT)
     if saved is not None:
-        _check_resumable(saved, config_dict, selected, num_envs)
+        _check_resumable(saved, config_dict, selected)
         agent.load(saved["agent"])
         counters, history = dict(saved["counters"]), dict(saved["history"])
         envs.restore_env_state(vec, saved["env_state"])
@@ -411,7 +411,7 @@ def run_online(
     return summary
 
 
-def _check_resumable(saved: dict, config: dict, selected: int, num_envs: int) -> None:
+def _check_resumable(saved: dict, config: dict, selected: int) -> None:
     """Refuse a checkpoint made under another online config (the result would be neither run)."""
     changed = {k: (saved["config"].get(k), v) for k, v in config.items()
                if k not in ("env_steps", "eval_every", "checkpoint_every") and saved["config"].get(k) != v}

@@ -227,3 +227,20 @@ def test_resume_drops_rows_logged_after_the_checkpoint_and_a_torn_line(tmp_path)
     rows = metric_rows(tmp_path)
     assert rows == [["improve", "5", "amq_0", "1.0"], ["online", "0", "eval_score", "0.0"],
                     ["online", "256", "eval_score", "256.0"], ["online", "512", "eval_score", "-1.0"]]
+
+
+def test_unfrozen_backbone_trains_through_the_differentiable_chain(tmp_path):
+    bundle = tiny_bundle()
+    cfg = tiny_config(env_steps=256, eval_every=10_000, epochs=1, freeze_backbone=False)
+    policy = MultiSeedPolicy.from_state(bundle["policy"])
+    agent = online.OnlineAgent(policy, 1, online.load_value(bundle["value"], 11), cfg)
+    hist = torch.randn(5, 2, 11)
+    with torch.no_grad():  # the differentiable chain is the function the fused sampler acts with
+        torch.testing.assert_close(agent.base_with_grad(hist), policy.base_action(hist, 1),
+                                   atol=1e-4, rtol=1e-4)
+    run = Run(tmp_path, tensorboard=False)
+    online.run_online(run, cfg, bundle, seed=0, progress=False)
+    after = run.load_checkpoint("online")["policy"]["state_dict"]
+    before = bundle["policy"]["state_dict"]
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("denoiser."))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("heads.0."))

@@ -1,10 +1,11 @@
 """Phase E: online PPO fine-tuning of the selected sub-policy (SPEC §3 E).
 
 The actor is sub-policy i*: its residual Gaussian head φ_{i*} around the diffusion action
-μ^{i*}_1(S_t), which comes from the fused multi-seed sampler and stays frozen (so it is computed
-once per env step and stored in the rollout). The critic starts from IQL's V_τ. Rewards are
-scaled by ``reward_scale``; V_τ is rescaled by the same factor (the value of scaled rewards is the
-scaled value), which is the refit in closed form.
+μ^{i*}_1(S_t), which comes from the fused multi-seed sampler. The backbone stays frozen by default
+(so μ^{i*}_1 is computed once per env step and stored in the rollout); with
+``freeze_backbone=False`` the updates recompute it through the differentiable chain. The critic
+starts from IQL's V_τ. Rewards are scaled by ``reward_scale``; V_τ is rescaled by the same factor
+(the value of scaled rewards is the scaled value), which is the refit in closed form.
 
 Truncated episodes are bootstrapped with V(final state), terminated ones are not.
 
@@ -31,7 +32,7 @@ from gymnasium.envs.registration import EnvSpec
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from uepo import envs
+from uepo import envs, ops
 from uepo.config import OnlineConfig
 from uepo.data import D4RL_REF_SCORES, robot_name
 from uepo.nets import ValueNet
@@ -104,8 +105,10 @@ def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip
 
 @dataclass
 class Rollout:
-    """(T, N, ...) tensors of one rollout; obs are normalised last states, base the frozen μ^{i*}_1."""
+    """(T, N, ...) tensors of one rollout; obs are normalised last states, base μ^{i*}_1 as acted,
+    hist the raw state histories (to recompute μ^{i*}_1 when the backbone trains)."""
 
+    hist: Tensor
     obs: Tensor
     base: Tensor
     actions: Tensor
@@ -117,11 +120,12 @@ class Rollout:
     ended: Tensor
 
     @classmethod
-    def empty(cls, steps: int, num_envs: int, obs_dim: int, action_dim: int) -> Rollout:
+    def empty(cls, steps: int, num_envs: int, history: int, obs_dim: int, action_dim: int) -> Rollout:
         def z(*shape: int) -> Tensor:
             return torch.zeros(steps, num_envs, *shape)
 
-        return cls(z(obs_dim), z(action_dim), z(action_dim), z(), z(), z(), z(), z(), z())
+        return cls(z(history, obs_dim), z(obs_dim), z(action_dim), z(action_dim),
+                   z(), z(), z(), z(), z(), z())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,19 +154,38 @@ def scale_value(value: ValueNet, factor: float) -> None:
 
 
 class OnlineAgent:
-    """Sub-policy i* (frozen backbone + trainable head) and the critic, with their optimisers."""
+    """Sub-policy i* (backbone, frozen by default, + head) and the critic, with their optimisers.
+
+    Acting always goes through the fused sampler (no autograd). When the backbone trains
+    (``freeze_backbone=False``), the updates recompute μ^{i*}_1 with the differentiable PyTorch
+    chain, the same function, so that the policy gradient reaches the denoiser.
+    """
 
     def __init__(self, policy: MultiSeedPolicy, selected: int, value: ValueNet, cfg: OnlineConfig):
-        if not cfg.freeze_backbone:
-            raise ValueError(
-                "online.freeze_backbone=False is not supported: the fused sampler that produces "
-                "μ^{i*}_1 has no autograd. Keep the backbone frozen (the default, SPEC §3 E)."
-            )
         self.policy, self.selected, self.value = policy, selected, value
         self.head = policy.heads[selected]
-        policy.denoiser.requires_grad_(False)
-        self.opt_actor = torch.optim.Adam(self.head.parameters(), lr=cfg.lr_actor, eps=1e-5)
+        self.train_backbone = not cfg.freeze_backbone
+        policy.denoiser.requires_grad_(self.train_backbone)
+        self.actor_params = list(self.head.parameters())
+        if self.train_backbone:
+            self.actor_params += list(policy.denoiser.parameters())
+        self.opt_actor = torch.optim.Adam(self.actor_params, lr=cfg.lr_actor, eps=1e-5)
         self.opt_critic = torch.optim.Adam(self.value.parameters(), lr=cfg.lr_critic, eps=1e-5)
+
+    def base_with_grad(self, obs_history: Tensor) -> Tensor:
+        """μ^{i*}_1 for raw (B, T_o, d_s) histories, differentiable in the backbone's weights."""
+        p = self.policy
+        cond = p.cond(obs_history)
+        if p.kind == "gaussian-ensemble":
+            return p.denoiser(cond)[0][:, self.selected]
+
+        def eps_fn(x: Tensor, t: int, c: Tensor) -> Tensor:
+            return p.denoiser(x, torch.full((x.shape[0],), t, dtype=torch.long), c)
+
+        seeds = p.seeds
+        chunks, _ = ops.multiseed_ddim(eps_fn, cond, seeds.noise, seeds.perturb, p.steps.timesteps,
+                                       p.steps.alpha_bars, p.eta, p.tau, divergence_fn=ops.divergence)
+        return chunks[:, self.selected, 0]
 
     @torch.no_grad()
     def step_inputs(self, obs_history: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -179,10 +202,13 @@ class OnlineAgent:
 
     def state(self) -> dict:
         return {"head": self.head.state_dict(), "value": self.value.state_dict(),
+                "backbone": self.policy.denoiser.state_dict() if self.train_backbone else None,
                 "opt_actor": self.opt_actor.state_dict(), "opt_critic": self.opt_critic.state_dict()}
 
     def load(self, state: dict) -> None:
         self.head.load_state_dict(state["head"])
+        if self.train_backbone:
+            self.policy.denoiser.load_state_dict(state["backbone"])
         self.value.load_state_dict(state["value"])
         self.opt_actor.load_state_dict(state["opt_actor"])
         self.opt_critic.load_state_dict(state["opt_critic"])
@@ -194,12 +220,14 @@ def _collect(agent: OnlineAgent, vec: Any, obs: np.ndarray, steps: int, cfg: Onl
     """Run ``steps`` steps in each env (updating the running episode stats in place); returns
     the rollout and the observations to continue from."""
     n = vec.num_envs
-    buf = Rollout.empty(steps, n, agent.policy.obs_dim, agent.policy.action_dim)
+    p = agent.policy
+    buf = Rollout.empty(steps, n, p.history, p.obs_dim, p.action_dim)
     obs_n, base = agent.step_inputs(obs)
     for t in range(steps):
         with torch.no_grad():
             dist = agent.head.distribution(obs_n, base)
             action = dist.sample()
+            buf.hist[t] = torch.as_tensor(obs, dtype=torch.float32)
             buf.obs[t], buf.base[t], buf.actions[t] = obs_n, base, action
             buf.logp[t], buf.values[t] = dist.log_prob(action), agent.value(obs_n)
         env_action = action.clamp(-1.0, 1.0).double().numpy()
@@ -241,7 +269,8 @@ def _update(agent: OnlineAgent, buf: Rollout, cfg: OnlineConfig, step: int) -> d
             mb_adv = flat["adv"][idx]
             if len(idx) > 1:
                 mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-            dist = agent.head.distribution(flat["obs"][idx], flat["base"][idx])
+            base = agent.base_with_grad(flat["hist"][idx]) if agent.train_backbone else flat["base"][idx]
+            dist = agent.head.distribution(flat["obs"][idx], base)
             logp = dist.log_prob(flat["actions"][idx])
             policy_loss, clip_frac = clipped_policy_loss(logp, flat["logp"][idx], mb_adv, cfg.clip)
             entropy = dist.entropy().mean()
@@ -253,7 +282,7 @@ def _update(agent: OnlineAgent, buf: Rollout, cfg: OnlineConfig, step: int) -> d
             agent.opt_critic.zero_grad(set_to_none=True)
             (policy_loss - cfg.entropy * entropy + value_loss).backward()  # disjoint parameters
             if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(agent.head.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_(agent.actor_params, cfg.grad_clip)
                 nn.utils.clip_grad_norm_(agent.value.parameters(), cfg.grad_clip)
             agent.opt_actor.step()
             agent.opt_critic.step()
@@ -322,6 +351,7 @@ def run_online(
     per_rollout = steps_per_env * num_envs
     vec = envs.make_vector_env(env, num_envs, policy.history)
     obs, _ = vec.reset(seed=[seed * 1000 + j for j in range(num_envs)])
+    envs.capture_env_state(vec)  # fail now, not at the first checkpoint, if the env cannot be saved
     eval_seed = 1_000_000 + seed * 1000  # the same eval episodes every time: a less noisy curve
     config_dict = dataclasses.asdict(cfg)
 

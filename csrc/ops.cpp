@@ -242,3 +242,8 @@ TORCH_LIBRARY(uepo, m) {
       "bool return_div) -> (Tensor, Tensor)");
   m.def("build_info() -> str", &uepo::build_info);
 }
+
+// Sampling has no gradient: fall through Autograd so outputs simply do not require grad.
+TORCH_LIBRARY_IMPL(uepo, Autograd, m) {
+  m.impl("multiseed_sample", torch::CppFunction::makeFallthrough());
+}

@@ -124,7 +124,10 @@ def reference_divergence(chunks: Tensor, mask: Tensor | None = None, eps: float 
     acc_norm = torch.linalg.vector_norm(acc, dim=-1)  # (B, n, H-2)
     dot = torch.einsum("bitd,bjtd->bijt", acc, acc)
     cos_term = 1 - (dot + eps) / (acc_norm[:, :, None] * acc_norm[:, None, :] + eps)
-    return _masked_mean(vel_dist, w_vel) + _masked_mean(cos_term, w_acc)
+    # div(a, a) is 0 exactly; computed, it is rounding noise, and so would be its gradient.
+    n = chunks.shape[1]
+    off_diagonal = 1 - torch.eye(n, dtype=chunks.dtype, device=chunks.device)
+    return (_masked_mean(vel_dist, w_vel) + _masked_mean(cos_term, w_acc)) * off_diagonal
 
 
 def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "uepo/divergence.h"
 
@@ -130,6 +131,36 @@ UEPO_INLINE void linear_columns(const T* x, int64_t ldx, int64_t M, int64_t K, c
     linear_tile<T, 1, NV>(x + r * ldx, ldx, K, wt, ldw, bias, accumulate, mish_out, y + r * ldy, ldy);
 }
 
+// Columns j0.. of width NV vectors, zero-padded where the matrix ends mid-vector: the ragged
+// edge (e.g. the output layer's H*d_a = 24 columns) still runs 4-row register tiles.
+template <typename T, int NV>
+UEPO_INLINE void linear_padded_columns(const T* x, int64_t ldx, int64_t M, int64_t K, const T* wt,
+                                       int64_t N, int64_t j0, const T* bias, bool accumulate,
+                                       bool mish_out, T* y, int64_t ldy) {
+  constexpr int L = Simd<T>::L, P = NV * L;
+  const int64_t width = N - j0;
+  std::vector<T> wpad(K * P, T(0));
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < width; ++c) wpad[k * P + c] = wt[k * N + j0 + c];
+  T bpad[P] = {};
+  if (bias)
+    for (int64_t c = 0; c < width; ++c) bpad[c] = bias[j0 + c];
+  T ypad[4 * P];
+  auto run = [&](int64_t r, auto rows) {
+    constexpr int MR = decltype(rows)::value;
+    if (accumulate)
+      for (int i = 0; i < MR; ++i)
+        for (int64_t c = 0; c < width; ++c) ypad[i * P + c] = y[(r + i) * ldy + j0 + c];
+    linear_tile<T, MR, NV>(x + r * ldx, ldx, K, wpad.data(), P, bias ? bpad : nullptr, accumulate,
+                           mish_out, ypad, P);
+    for (int i = 0; i < MR; ++i)
+      for (int64_t c = 0; c < width; ++c) y[(r + i) * ldy + j0 + c] = ypad[i * P + c];
+  };
+  int64_t r = 0;
+  for (; r + 4 <= M; r += 4) run(r, std::integral_constant<int, 4>{});
+  for (; r < M; ++r) run(r, std::integral_constant<int, 1>{});
+}
+
 template <typename T>
 UEPO_INLINE void linear_impl(const T* x, int64_t ldx, int64_t M, int64_t K, const T* wt,
                              int64_t N, const T* bias, bool accumulate, bool mish_out, T* y,
@@ -138,33 +169,21 @@ UEPO_INLINE void linear_impl(const T* x, int64_t ldx, int64_t M, int64_t K, cons
   int64_t j = 0;
   for (; j + 4 * L <= N; j += 4 * L)
     linear_columns<T, 4>(x, ldx, M, K, wt + j, N, bias ? bias + j : nullptr, accumulate, mish_out, y + j, ldy);
-  for (; j + L <= N; j += L)
-    linear_columns<T, 1>(x, ldx, M, K, wt + j, N, bias ? bias + j : nullptr, accumulate, mish_out, y + j, ldy);
-  if (j == N) return;
-  // Ragged last columns: run a full vector on zero-padded copies, keep the valid lanes.
-  const int64_t tail = N - j;
-  T wpad[512 * L];  // K <= 512 here; larger K goes through the row-by-row fallback below
-  if (K > 512) {
-    for (int64_t r = 0; r < M; ++r)
-      for (int64_t c = j; c < N; ++c) {
-        T s = accumulate ? y[r * ldy + c] : T(0);
-        if (bias) s += bias[c];
-        for (int64_t k = 0; k < K; ++k) s += x[r * ldx + k] * wt[k * N + c];
-        y[r * ldy + c] = mish_out ? mish(s) : s;
-      }
-    return;
+  const int64_t rest = N - j;
+  if (rest == 0) return;
+  const T* b = bias ? bias + j : nullptr;
+  if (rest % L == 0) {  // whole vectors left
+    switch (rest / L) {
+      case 1: return linear_columns<T, 1>(x, ldx, M, K, wt + j, N, b, accumulate, mish_out, y + j, ldy);
+      case 2: return linear_columns<T, 2>(x, ldx, M, K, wt + j, N, b, accumulate, mish_out, y + j, ldy);
+      default: return linear_columns<T, 3>(x, ldx, M, K, wt + j, N, b, accumulate, mish_out, y + j, ldy);
+    }
   }
-  T bpad[L] = {};
-  for (int64_t k = 0; k < K; ++k)
-    for (int c = 0; c < L; ++c) wpad[k * L + c] = c < tail ? wt[k * N + j + c] : T(0);
-  if (bias)
-    for (int c = 0; c < tail; ++c) bpad[c] = bias[j + c];
-  for (int64_t r = 0; r < M; ++r) {
-    T ypad[L] = {};
-    if (accumulate)
-      for (int c = 0; c < tail; ++c) ypad[c] = y[r * ldy + j + c];
-    linear_tile<T, 1, 1>(x + r * ldx, ldx, K, wpad, L, bias ? bpad : nullptr, accumulate, mish_out, ypad, L);
-    for (int c = 0; c < tail; ++c) y[r * ldy + j + c] = ypad[c];
+  switch ((rest + L - 1) / L) {
+    case 1: return linear_padded_columns<T, 1>(x, ldx, M, K, wt, N, j, bias, accumulate, mish_out, y, ldy);
+    case 2: return linear_padded_columns<T, 2>(x, ldx, M, K, wt, N, j, bias, accumulate, mish_out, y, ldy);
+    case 3: return linear_padded_columns<T, 3>(x, ldx, M, K, wt, N, j, bias, accumulate, mish_out, y, ldy);
+    default: return linear_padded_columns<T, 4>(x, ldx, M, K, wt, N, j, bias, accumulate, mish_out, y, ldy);
   }
 }
 

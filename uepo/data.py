@@ -124,14 +124,12 @@ def load_minari(dataset_id: str, download: bool = False) -> Any:
     """``minari.load_dataset`` with errors that say what to do."""
     import minari
 
-    try:
-        from uepo.datasets import use_shipped_dataset
+    from uepo.datasets import use_shipped_dataset
 
-        use_shipped_dataset(dataset_id)
-    except ImportError:  # the shipped-dataset helper is optional
-        pass
-    root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    root = previous or "~/.minari/datasets"
     try:
+        use_shipped_dataset(dataset_id)  # points Minari at the package's copy if the id is shipped
         return minari.load_dataset(dataset_id, download=download)
     except FileNotFoundError as exc:
         raise DatasetError(
@@ -141,6 +139,11 @@ def load_minari(dataset_id: str, download: bool = False) -> Any:
         ) from exc
     except Exception as exc:  # network failures, unknown remote ids, corrupt files
         raise DatasetError(f"could not load Minari dataset {dataset_id!r}: {exc}") from exc
+    finally:  # leave the caller's MINARI_DATASETS_PATH as it was
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
 
 
 def _space_is_flat_box(space: Any) -> bool:

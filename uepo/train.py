@@ -96,7 +96,11 @@ def evaluate_all(ctx: PhaseContext, policy, selected: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
+    try:
+        cfg = parse_args(argv)
+    except ValueError as exc:  # unknown preset or field, wrong type: say which
+        print(f"uepo.train: {exc}", file=sys.stderr)
+        return 2
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     try:
@@ -107,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
 
     root = run_directory(cfg)
     if cfg.resume:
-        check_resume(cfg, root)
+        try:
+            check_resume(cfg, root)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"uepo.train: {exc}", file=sys.stderr)
+            return 2
     elif (root / "config.yaml").exists():
         print(f"uepo.train: {root} already holds a run; pass --resume to continue it or choose another "
               "--run_dir", file=sys.stderr)

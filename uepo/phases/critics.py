@@ -13,8 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from uepo.nets import TwinQ, ValueNet
-from uepo.phases import PhaseContext, load_optimizer_state, optimizer_state, sample_indices
-from uepo.runs import capture_rng, check_finite, restore_rng
+from uepo.phases import (
+    PHASE_SEED_OFFSETS,
+    PhaseContext,
+    load_optimizer_state,
+    optimizer_state,
+    sample_indices,
+)
+from uepo.runs import capture_rng, check_finite, restore_rng, seed_everything
 
 PHASE = "critics"
 
@@ -40,6 +46,7 @@ def build_critics(obs_dim: int, action_dim: int, hidden: int, layers: int) -> tu
 def train_critics(ctx: PhaseContext) -> Critics:
     cfg, data, run = ctx.cfg.critics, ctx.data, ctx.run
     done = run.load_checkpoint(PHASE)
+    seed_everything(ctx.cfg.seed * 1000 + PHASE_SEED_OFFSETS[PHASE])  # each phase starts from its own seed
     q, v = build_critics(data.obs_dim, data.action_dim, cfg.hidden, cfg.layers)
     if done is not None:
         q.load_state_dict(done["q_target"])

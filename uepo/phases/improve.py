@@ -46,24 +46,27 @@ class Improved:
 @torch.no_grad()
 def am_q(act: ActFn, dynamics: Dynamics, critics: Critics, start_histories: Tensor, horizon: int,
          normalize: Callable[[Tensor], Tensor]) -> float:
-    """Mean Q_τ(s, a) over the pairs visited by ``act`` rolled in T̂ for ``horizon`` steps."""
+    """Mean Q_τ(s, a) over the pairs visited by ``act`` rolled in T̂ for ``horizon`` steps.
+
+    As in Uni-O4, the mean runs over all start states × ``horizon`` steps, a step after a predicted
+    termination counting 0, so a policy that falls early scores lower than one that keeps going.
+    """
     gen = torch.Generator().manual_seed(AMQ_NOISE_SEED)
     hist = start_histories.clone()
     alive = torch.ones(hist.shape[0], dtype=torch.bool)
-    total, count = 0.0, 0
+    total = 0.0
     for _ in range(horizon):
         obs = hist[:, -1]
         action = act(hist)
         q = critics.q_value(normalize(obs), action)
         total += float(q[alive].sum())
-        count += int(alive.sum())
         nxt, _, done = dynamics.step(obs, action, gen)
         alive = alive & ~done
         if not alive.any():
             break
         nxt = torch.where(alive[:, None], nxt, obs)  # dead rows stay put (finite inputs)
         hist = torch.cat([hist[:, 1:], nxt[:, None]], dim=1)
-    return total / max(1, count)
+    return total / (hist.shape[0] * horizon)
 
 
 def head_act_fn(policy: MultiSeedPolicy, head: nn.Module, index: int) -> ActFn:
@@ -101,7 +104,7 @@ def warm_start_std(head: nn.Module, obs_n: Tensor, base: Tensor, actions: Tensor
         opt.zero_grad(set_to_none=True)
         nll.backward()
         opt.step()
-    return float(nll)
+    return nll.item()
 
 
 def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dynamics: Dynamics) -> Improved:

@@ -109,7 +109,7 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
     opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(p.warmup_steps, p.steps))
     gen = ctx.generator(PHASE)
-    start, running_tau = 0, 0.0
+    start, running_tau, last_kl = 0, 0.0, float("nan")
     progress = run.load_checkpoint(f"{PHASE}_progress")
     if progress is not None:
         net.load_state_dict(progress["net"])
@@ -174,7 +174,7 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
             r = sequence_kl(mus, sub_mask, p.sigma_seq)
             kl_term = r.clamp(max=p.kappa).mean()
             loss = loss - p.alpha * kl_term
-            metrics["seq_kl"] = kl_term.item()
+            last_kl = kl_term.item()
 
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -187,6 +187,8 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
         bar.update(1)
         if (step + 1) % p.log_every == 0 or step + 1 == p.steps:
             metrics.update(loss=loss.item(), lr=sched.get_last_lr()[0], running_tau=running_tau)
+            if use_kl:
+                metrics["seq_kl"] = last_kl  # mean min(R_i, κ) of the latest KL update
             run.log(PHASE, step + 1, **metrics)
             shown = ("eps_loss", "bc_nll", "seq_kl")
             bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in shown})

@@ -1,0 +1,293 @@
+"""Phases A–D: the SPEC §5 checks (except the kernel ones, in tests/test_ops*.py) and the pieces.
+
+A small pipeline runs once on the Hopper data shipped with uepo (real medium data, ~19k steps):
+big enough that critics, dynamics and the diffusion policy learn something, small enough to
+take well under a minute on one thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from uepo import ops
+from uepo.config import apply_overrides, preset
+from uepo.data import load_offline_data
+from uepo.nets import ResidualGaussianHead
+from uepo.phases import PhaseContext
+from uepo.phases.critics import train_critics
+from uepo.phases.dynamics import ensemble_disagreement, termination_fn, train_dynamics
+from uepo.phases.improve import am_q, head_act_fn, improve, raw_act_fn
+from uepo.phases.pretrain import calibrate_tau, pretrain, sequence_kl
+from uepo.policy import MultiSeedPolicy
+from uepo.runs import NonFiniteLossError, Run, seed_everything
+
+torch.set_num_threads(1)
+
+PIPELINE = {
+    "critics": {"steps": 1500, "batch_size": 256, "hidden": 64, "layers": 2, "log_every": 500},
+    "pretrain": {"steps": 2000, "batch_size": 128, "width": 64, "num_blocks": 2, "diffusion_steps": 20,
+                 "sampling_steps": 5, "kl_batch": 16, "kl_chain_steps": 3, "tau_states": 512, "lr": 1e-3,
+                 "warmup_steps": 20, "log_every": 100},
+    "dynamics": {"ensemble": 4, "elites": 3, "hidden": 64, "layers": 2, "max_epochs": 12,
+                 "max_updates_per_epoch": 40, "batch_size": 256, "augment_ratio": 0.5, "augment_batch": 256,
+                 "patience": 4},
+    "improve": {"steps": 60, "batch_size": 256, "std_warmup_steps": 100, "ope_every": 20, "ope_states": 48,
+                "ope_horizon": 40, "eval_episodes": 0},
+}
+
+
+def small_config(seed: int = 0, **overrides):
+    cfg = preset("smoke")
+    cfg.seed = seed
+    apply_overrides(cfg, copy.deepcopy(PIPELINE))
+    apply_overrides(cfg, overrides)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, shipped_hopper):
+    """Phases A–D once; returns everything the checks need."""
+    seed_everything(0)
+    data = load_offline_data(shipped_hopper)
+    cfg = small_config()
+    ctx = PhaseContext(Run(tmp_path_factory.mktemp("run"), tensorboard=False), cfg, data, torch.device("cpu"),
+                       progress=False)
+    critics = train_critics(ctx)
+    pre = pretrain(ctx)
+    dynamics = train_dynamics(ctx, pre.policy)
+    improved = improve(ctx, pre.policy, critics, dynamics)
+    return dict(data=data, cfg=cfg, ctx=ctx, critics=critics, pre=pre, dynamics=dynamics, improved=improved)
+
+
+# ---- SPEC §5 -------------------------------------------------------------------------------------
+
+
+def test_sequence_kl_equals_a_monte_carlo_kl():
+    """R_i (closed form) = min_j KL(N(μ^i, σ²) || N(μ^j, σ²)) over unmasked steps, per action dim."""
+    g = torch.Generator().manual_seed(0)
+    B, n, H, D, sigma = 3, 4, 6, 2, 0.1
+    mu = 0.05 * torch.randn(B, n, H, D, generator=g, dtype=torch.float64)
+    mask = torch.ones(B, H, dtype=torch.bool)
+    mask[1, 4:] = False
+    closed = sequence_kl(mu, mask, sigma)
+    samples = 20000
+    m = mask.double()[:, None, None, :, None]
+    for b in range(B):
+        for i in range(n):
+            x = mu[b, i] + sigma * torch.randn(samples, H, D, generator=g, dtype=torch.float64)
+            log_pi = -((x - mu[b, i]) ** 2 / (2 * sigma**2))
+            mc = []
+            for j in range(n):
+                if j == i:
+                    continue
+                log_pj = -((x - mu[b, j]) ** 2 / (2 * sigma**2))
+                per = ((log_pi - log_pj) * m[b, 0, 0]).sum((-1, -2)) / (mask[b].sum() * D)
+                mc.append((per.mean().item(), per.std().item() / math.sqrt(samples)))
+            est, se = min(mc)
+            assert abs(closed[b, i].item() - est) < 4 * se + 1e-9, (b, i, closed[b, i].item(), est, se)
+
+
+def test_refit_dynamics_holdout_error_not_worse_than_t0_by_5_percent(pipeline):
+    m = pipeline["dynamics"].metrics
+    assert m["augmented"] > 0 and 0 < m["keep_rate"] <= 1
+    assert m["T_holdout_error"] <= 1.05 * m["T0_holdout_error"], m
+
+
+def test_amq_ranks_the_bc_policy_above_random_actions(pipeline, tmp_path):
+    """A behaviour-cloned policy (the Gaussian BC of ``--policy gaussian-ensemble``, one member)."""
+    data = pipeline["data"]
+    cfg = small_config(policy="gaussian-ensemble", pretrain={"num_seeds": 1, "steps": 1500})
+    seed_everything(0)
+    bc_policy = pretrain(PhaseContext(Run(tmp_path, tensorboard=False), cfg, data, torch.device("cpu"),
+                                      False)).policy
+    starts = data.histories(torch.arange(0, data.size, data.size // 64)[:64], bc_policy.history)
+    gen = torch.Generator().manual_seed(1)
+
+    def random_actions(hist):
+        return torch.rand(hist.shape[0], data.action_dim, generator=gen) * 2 - 1
+
+    args = (pipeline["dynamics"], pipeline["critics"], starts, 40, data.normalize)
+    bc = am_q(raw_act_fn(bc_policy, 0), *args)
+    rnd = am_q(random_actions, *args)
+    assert bc > 1.05 * rnd, (bc, rnd)
+
+
+def test_selected_policy_scores_at_least_the_best_raw_subpolicy(pipeline):
+    imp, data = pipeline["improved"], pipeline["data"]
+    assert imp.amq_best[imp.selected] >= max(imp.amq_raw)
+    assert imp.selected == int(np.argmax(imp.amq_best))
+    # the returned heads are the accepted ones: re-scoring the selected policy reproduces its Ĵ
+    cfg = pipeline["cfg"].improve
+    ope_idx = pipeline["ctx"].run.load_checkpoint("improve_cache")["ope_idx"]
+    starts = data.histories(ope_idx, imp.policy.history)
+    j = am_q(head_act_fn(imp.policy, imp.policy.heads[imp.selected], imp.selected), pipeline["dynamics"],
+             pipeline["critics"], starts, cfg.ope_horizon, data.normalize)
+    assert j == pytest.approx(imp.amq_best[imp.selected], rel=1e-5)
+
+
+# ---- the pieces ----------------------------------------------------------------------------------
+
+
+def test_critics_learn_values_of_the_data(pipeline):
+    data, critics = pipeline["data"], pipeline["critics"]
+    s = data.normalize(data.obs[:2000])
+    with torch.no_grad():
+        v = critics.v(s)
+        q = critics.q_value(s, data.actions[:2000])
+    # Hopper's rewards are ~1-3 per step: values of the data must be positive and of that order
+    assert v.mean() > 1 and q.mean() > 1
+    # V is an upper expectile of Q over the behaviour actions (expectile 0.7 ≥ the mean)
+    assert (v - q).mean() > -0.5
+
+
+def test_tau_is_the_quantile_of_the_nearest_competitor_divergence(pipeline):
+    data, policy = pipeline["data"], pipeline["pre"].policy
+    cond = data.cond(torch.arange(0, data.size, 37), policy.history)
+    tau, _ = calibrate_tau(policy, cond, 0.25)
+    policy.tau, saved = 0.0, policy.tau
+    d = ops.nearest_competitor(ops.divergence(policy.base_chunks_from_cond(cond).double()))
+    policy.tau = saved
+    assert float((d < tau).double().mean()) == pytest.approx(0.25, abs=0.01)
+    assert pipeline["pre"].metrics["tau"] > 0 and pipeline["pre"].policy.tau == pipeline["pre"].metrics["tau"]
+
+
+def test_sub_policies_are_deterministic_and_differ_by_seed(pipeline):
+    data, policy = pipeline["data"], pipeline["pre"].policy
+    hist = data.histories(torch.arange(10), policy.history)
+    a, b = policy.base_chunks(hist), policy.base_chunks(hist)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a[:, 0], a[:, 1])
+    # one seed asked for = that seed of the joint sample (the perturbation couples the chains)
+    assert torch.equal(policy.base_chunks(hist, [2]), a[:, [2]])
+
+
+def test_diffusion_policy_imitates_the_data(pipeline):
+    """μ^i_1 is closer to the dataset action than a random action is (BC works)."""
+    data, policy = pipeline["data"], pipeline["pre"].policy
+    idx = torch.arange(0, data.size, 50)
+    mu = policy.base_chunks(data.histories(idx, policy.history))[:, :, 0]
+    err = ((mu - data.actions[idx][:, None]) ** 2).mean()
+    rnd = ((torch.rand_like(mu) * 2 - 1 - data.actions[idx][:, None]) ** 2).mean()
+    assert err < 0.5 * rnd
+
+
+def test_heads_start_at_the_diffusion_action_and_keep_std_in_range():
+    head = ResidualGaussianHead(5, 2, hidden=16)
+    obs, base = torch.randn(7, 5), torch.rand(7, 2) * 2 - 1
+    mean, log_std = head(obs, base)
+    assert torch.equal(mean, base)
+    assert (log_std >= -5).all() and (log_std <= 0).all()
+
+
+def test_improved_heads_trained_and_std_warm_started(pipeline):
+    imp, pre = pipeline["improved"], pipeline["pre"]
+    data = pipeline["data"]
+    hist = data.histories(torch.arange(0, 500, 5), pre.policy.history)
+    s = pre.policy.normalize(hist[:, -1])
+    base = pre.policy.base_chunks(hist)[:, 0, 0]
+    _, log_std_init = pre.policy.heads[0](s, base)
+    _, log_std = imp.policy.heads[0](s, base)
+    assert not torch.allclose(log_std, log_std_init)  # the warm start moved the std
+    assert torch.equal(imp.policy.denoiser.kernel_weights()[0], pre.policy.denoiser.kernel_weights()[0])
+
+
+def test_seq_kl_gradient_reaches_the_denoiser(pipeline):
+    """L_B's KL term is differentiable through the short chain; past the cap κ it exerts no force."""
+    data, policy = pipeline["data"], pipeline["pre"].policy
+    net = copy.deepcopy(policy.denoiser).requires_grad_(True)
+    steps = pipeline["pre"].policy.steps
+    cond = data.cond(torch.arange(8), policy.history)
+
+    def eps_fn(x, t, c):
+        return net(x, torch.full((x.shape[0],), t, dtype=torch.long), c)
+
+    mus, _ = ops.multiseed_ddim(eps_fn, cond, policy.seeds.noise, policy.seeds.perturb, steps.timesteps,
+                                steps.alpha_bars, policy.eta, policy.tau, divergence_fn=ops.divergence)
+    r = sequence_kl(mus, None, 0.1)
+    r.mean().backward(retain_graph=True)
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+    net.zero_grad()
+    r.clamp(max=float(r.min()) * 0.5).mean().backward()  # every R_i above κ: saturated
+    assert all(float(p.grad.abs().sum()) == 0 for p in net.parameters() if p.grad is not None)
+
+
+def test_termination_functions():
+    healthy = torch.zeros(1, 11)
+    healthy[0, 0] = 1.25
+    fallen = healthy.clone()
+    fallen[0, 0] = 0.5
+    tilted = healthy.clone()
+    tilted[0, 1] = 0.5
+    hop = termination_fn("hopper")
+    a = torch.zeros(1, 3)
+    assert not hop(healthy, a, healthy).item()
+    assert hop(healthy, a, fallen).item() and hop(healthy, a, tilted).item()
+    walker = termination_fn("walker2d")
+    w = torch.zeros(2, 17)
+    w[:, 0] = torch.tensor([1.2, 2.5])
+    assert walker(w, a, w).tolist() == [False, True]
+    cheetah = termination_fn("halfcheetah")
+    assert not cheetah(w, a, w).any() and not termination_fn("pen")(w, a, w).any()
+    with pytest.raises(ValueError, match="termination function"):
+        termination_fn("ant")
+
+
+def test_disagreement_is_zero_for_identical_members(pipeline):
+    model = copy.deepcopy(pipeline["dynamics"].model)
+    with torch.no_grad():
+        for layer in [*model.layers, model.head]:
+            layer.weight[:] = layer.weight[0:1]
+            layer.bias[:] = layer.bias[0:1]
+    data = pipeline["data"]
+    d = ensemble_disagreement(model, data.obs[:50], data.actions[:50])
+    assert d.abs().max() < 1e-4
+    assert ensemble_disagreement(pipeline["dynamics"].model, data.obs[:50], data.actions[:50]).mean() > 1e-4
+
+
+def test_critics_are_deterministic_and_resume_exactly(tmp_path, tiny_hopper):
+    data = load_offline_data(tiny_hopper)
+    cfg = small_config(critics={"steps": 40, "checkpoint_every": 20, "log_every": 10, "hidden": 32})
+
+    def run_in(path, steps):
+        seed_everything(0)
+        cfg.critics.steps = steps
+        ctx = PhaseContext(Run(path, resume=True, tensorboard=False), cfg, data, torch.device("cpu"), False)
+        return train_critics(ctx)
+
+    full = run_in(tmp_path / "a", 40)
+    again = run_in(tmp_path / "b", 40)
+    for p, q in zip(full.v.parameters(), again.v.parameters(), strict=True):
+        assert torch.equal(p, q)
+    # interrupted after the checkpoint at step 20: keep only the progress checkpoint and go on
+    run_in(tmp_path / "c", 40)
+    (tmp_path / "c" / "checkpoints" / "critics.pt").unlink()
+    state = torch.load(tmp_path / "c" / "checkpoints" / "critics_progress.pt", weights_only=False)
+    assert state["step"] == 20
+    resumed = run_in(tmp_path / "c", 40)
+    for p, q in zip(full.q.parameters(), resumed.q.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_nan_loss_stops_with_phase_and_step(tmp_path, tiny_hopper):
+    data = load_offline_data(tiny_hopper)
+    data.rewards = data.rewards.clone()
+    data.rewards[:] = float("nan")
+    cfg = small_config(critics={"steps": 10, "hidden": 16})
+    ctx = PhaseContext(Run(tmp_path, tensorboard=False), cfg, data, torch.device("cpu"), False)
+    with pytest.raises(NonFiniteLossError, match=r"phase 'critics', step 0"):
+        train_critics(ctx)
+
+
+def test_policy_roundtrip(tmp_path, pipeline):
+    policy = pipeline["improved"].policy
+    policy.save(tmp_path / "p.pt")
+    loaded = MultiSeedPolicy.load(tmp_path / "p.pt")
+    hist = pipeline["data"].histories(torch.arange(5), policy.history)
+    assert loaded.tau == policy.tau
+    assert torch.equal(loaded.act(hist, 1), policy.act(hist, 1))

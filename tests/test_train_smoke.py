@@ -1,0 +1,106 @@
+"""python -m uepo.train end to end (phases A–D + evaluation) on a tiny dataset made by the tests."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from uepo.policy import MultiSeedPolicy
+from uepo.train import main
+
+torch.set_num_threads(1)
+
+
+def smoke(tiny_hopper, run_dir, *extra):
+    args = ["--dataset", tiny_hopper, "--preset", "smoke", "--seed", "3", "--run_dir", str(run_dir)]
+    return main([*args, *extra])
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tiny_hopper, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    assert smoke(tiny_hopper, run_dir) == 0
+    return run_dir
+
+
+def test_run_directory_layout(smoke_run, tiny_hopper):
+    for name in ("config.yaml", "metrics.csv", "summary.json", "checkpoints/offline.pt",
+                 "checkpoints/latest.pt"):
+        assert (smoke_run / name).exists(), name
+    assert list(smoke_run.glob("events.out.tfevents.*"))
+    cfg = yaml.safe_load((smoke_run / "config.yaml").read_text())
+    assert cfg["dataset"] == tiny_hopper and cfg["preset"] == "smoke" and cfg["seed"] == 3
+    phases = {row["phase"] for row in csv.DictReader(open(smoke_run / "metrics.csv"))}
+    assert {"critics", "pretrain", "dynamics", "improve"} <= phases
+
+
+def test_summary_has_scores_timings_and_provenance(smoke_run, tiny_hopper):
+    s = json.loads((smoke_run / "summary.json").read_text())
+    assert set(s["timings_s"]) >= {"A_critics", "B_pretrain", "C_dynamics", "D_improve", "evaluation"}
+    assert len(s["phases_run"]) == 5 and any("online" in p for p in s["phases_not_run"])
+    prov = s["provenance"]
+    assert prov["kernel_backend"] in ("cpu", "cuda", "reference") and prov["torch"] == torch.__version__
+    assert s["dataset"]["dataset_id"] == tiny_hopper and len(s["dataset"]["content_sha256"]) == 64
+    scores = s["scores"]
+    assert len(scores["raw"]) == 4 and scores["selected"] is not None and "not comparable" in scores["label"]
+    assert scores["amq_selected_candidates"][scores["selected_index"]] >= max(scores["amq_raw"])
+    for key in ("T0_holdout_nll", "T_holdout_nll", "keep_rate"):
+        assert key in s["dynamics"]
+
+
+def test_offline_artefact_follows_the_contract(smoke_run):
+    bundle = torch.load(smoke_run / "checkpoints" / "offline.pt", weights_only=False)
+    assert {"policy", "selected", "value", "dataset", "env_id"} <= set(bundle)
+    assert bundle["env_id"] == "Hopper-v5"
+    policy = MultiSeedPolicy.from_state(bundle["policy"])
+    assert 0 <= bundle["selected"] < policy.num_seeds
+    hist = torch.zeros(2, policy.history, policy.obs_dim)
+    assert policy.act(hist, bundle["selected"]).shape == (2, 3)
+    assert "state_dict" in bundle["value"] and "config" in bundle["value"]
+
+
+def test_same_seed_same_result(smoke_run, tiny_hopper, tmp_path):
+    assert smoke(tiny_hopper, tmp_path / "again") == 0
+    a = torch.load(smoke_run / "checkpoints" / "offline.pt", weights_only=False)
+    b = torch.load(tmp_path / "again" / "checkpoints" / "offline.pt", weights_only=False)
+    for k, v in a["policy"]["state_dict"].items():
+        assert torch.equal(v, b["policy"]["state_dict"][k]), k
+    assert a["selected"] == b["selected"]
+
+
+def test_resume_of_a_finished_run_loads_phases_and_refuses_other_configs(smoke_run, tiny_hopper, capsys):
+    assert smoke(tiny_hopper, smoke_run) == 2  # not without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert smoke(tiny_hopper, smoke_run, "--resume", "--critics.expectile", "0.9") == 2
+    assert "different config" in capsys.readouterr().err
+    assert smoke(tiny_hopper, smoke_run, "--resume") == 0  # every phase loads from its checkpoint
+    assert "ran A critics" in capsys.readouterr().err
+
+
+def test_uni_o4_gaussian_ensemble_and_ablations(tiny_hopper, tmp_path):
+    assert smoke(tiny_hopper, tmp_path / "g", "--policy", "gaussian-ensemble", "--no-augmentation",
+                 "--improve.eval_raw", "false") == 0
+    s = json.loads((tmp_path / "g" / "summary.json").read_text())
+    assert s["policy"] == "gaussian-ensemble" and "T_holdout_nll" not in s["dynamics"]
+    assert smoke(tiny_hopper, tmp_path / "u", "--denoiser", "unet", "--no-divergence", "--no-seq-kl",
+                 "--improve.eval_episodes", "0") == 0
+    policy = MultiSeedPolicy.load(tmp_path / "u" / "checkpoints" / "offline.pt")
+    assert policy.config["denoiser"] == "unet" and policy.tau == 0.0 and policy.eta == 0.0
+
+
+def test_clear_errors_and_help(minari_root, tmp_path, capsys):
+    assert main(["--dataset", "test/nothing/here-v0", "--preset", "smoke", "--run_dir", str(tmp_path)]) == 2
+    assert "MINARI_DATASETS_PATH" in capsys.readouterr().err
+    assert main(["--preset", "huge"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+    out = subprocess.run([sys.executable, "-m", "uepo.train", "--help"], capture_output=True, text=True,
+                         timeout=60).stdout
+    for flag in ("--dataset", "--preset", "--no-divergence", "--no-seq-kl", "--no-augmentation", "--denoiser",
+                 "--policy", "--download", "--online.clip", "--pretrain.alpha", "--expectile"):
+        assert flag in out, flag

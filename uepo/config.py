@@ -165,16 +165,17 @@ SECTIONS = ("data", "critics", "pretrain", "dynamics", "improve", "online")
 # Each preset lists the fields it changes from the defaults (the defaults are the paper protocol).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {},
-    # Phases A–D of local/hopper/medium-v0 in ≤ 30 min on 2 shared CPU cores, 1 thread. Measured
-    # there: an IQL step (256×3 critics) takes ~15 ms, a diffusion step ~15 ms plus ~65 ms for the
-    # 64-state KL chain; so the critics get 2 hidden layers and the KL term a smaller, rarer sub-batch.
+    # Phases A–D of local/hopper/medium-v0 in ≤ 30 min on 2 CPU cores shared with other jobs (so
+    # sized for ~15 min alone), 1 thread. Measured there: an IQL step (256×3 critics) ~15 ms, a
+    # diffusion step ~15 ms plus ~65 ms for the 64-state KL chain, one AM-Q evaluation (64 states ×
+    # 200 steps) ~7 s; so the critics get 2 hidden layers, the KL term a smaller, rarer sub-batch.
     "bench": {
-        "critics": {"steps": 40_000, "layers": 2, "log_every": 500, "checkpoint_every": 5000},
-        "pretrain": {"steps": 15_000, "lr": 3e-4, "warmup_steps": 500, "kl_batch": 32, "kl_every": 4,
+        "critics": {"steps": 25_000, "layers": 2, "log_every": 500, "checkpoint_every": 5000},
+        "pretrain": {"steps": 10_000, "lr": 3e-4, "warmup_steps": 500, "kl_batch": 32, "kl_every": 4,
                      "tau_states": 2048, "log_every": 250, "checkpoint_every": 2000},
-        "dynamics": {"max_epochs": 30, "max_updates_per_epoch": 150, "augment_ratio": 1.0,
+        "dynamics": {"max_epochs": 20, "max_updates_per_epoch": 100, "augment_ratio": 1.0,
                      "patience": 4, "checkpoint_every": 5},
-        "improve": {"steps": 2000, "ope_every": 250, "ope_states": 64, "std_warmup_steps": 500,
+        "improve": {"steps": 2000, "ope_every": 500, "ope_states": 64, "std_warmup_steps": 500,
                     "eval_episodes": 5},
         "online": {"env_steps": 50_000, "eval_every": 5000, "eval_episodes": 5},
     },

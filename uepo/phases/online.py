@@ -357,7 +357,8 @@ def run_online(
 
     counters = {"env_steps": 0, "updates": 0, "next_eval": 0, "next_checkpoint": cfg.checkpoint_every}
     ep_return, ep_length = np.zeros(num_envs), np.zeros(num_envs, dtype=np.int64)
-    history: dict[str, Any] = {"score_start": None, "best_score": -math.inf, "last_score": None}
+    history: dict[str, Any] = {"score_start": None, "best_score": -math.inf, "last_score": None,
+                               "collect_s": 0.0, "collect_steps": 0}
     saved = run.load_checkpoint(CHECKPOINT)
     if saved is not None:
         _check_resumable(saved, config_dict, selected)
@@ -408,7 +409,10 @@ def run_online(
             finished: list[tuple[float, int]] = []
             buf, obs = _collect(agent, vec, obs, steps_per_env, cfg, ep_return, ep_length, finished)
             counters["env_steps"] += per_rollout
-            sps = per_rollout / (time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            sps = per_rollout / elapsed
+            history["collect_s"] = history.get("collect_s", 0.0) + elapsed
+            history["collect_steps"] = history.get("collect_steps", 0) + per_rollout
             stats = _update(agent, buf, cfg, counters["env_steps"])
             counters["updates"] += 1
             if finished:
@@ -434,7 +438,8 @@ def run_online(
     summary = {"env_id": env_id, "selected": selected, "env_steps": counters["env_steps"],
                "score_start": history["score_start"], "score_final": history["last_score"],
                "score_best": history["best_score"], "ref_scores": list(ref),
-               "eval_episodes": cfg.eval_episodes, "num_envs": num_envs}
+               "eval_episodes": cfg.eval_episodes, "num_envs": num_envs, "kernel_backend": ops.backend("cpu"),
+               "rollout_steps_per_s": history["collect_steps"] / max(history["collect_s"], 1e-9)}
     checkpoint(True, summary)
     run.update_summary(online=summary)
     vec.close()

@@ -66,12 +66,12 @@ def _extension():
 
     sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
     defines = [("UEPO_TORCH_VERSION", f'"{torch.__version__}"')]
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp", "-Wno-psabi"]  # the C++ standard is the one torch asks for
     kwargs = {}
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         defines.append(("UEPO_WITH_CUDA", "1"))
-        kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]}
+        kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": ["-O3"]}
         ext_cls = cpp_extension.CUDAExtension
     else:
         kwargs["extra_compile_args"] = {"cxx": cxx}

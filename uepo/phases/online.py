@@ -376,7 +376,9 @@ def run_online(
         seed_everything(seed + ONLINE_SEED_OFFSET)  # the same start whatever ran before in this process
         _drop_metrics_after(run, PHASE, -1)  # rows of a run killed before its first checkpoint
 
-    def evaluate() -> float:
+    def evaluate() -> None:
+        if cfg.eval_episodes <= 0:  # evaluation switched off: the curve has training episodes only
+            return
         returns, lengths = envs.run_episodes(agent.act, env, cfg.eval_episodes, eval_seed, policy.history)
         score = float(np.mean(normalized_score(returns, ref)))
         run.log(PHASE, counters["env_steps"], eval_return=float(returns.mean()), eval_score=score,
@@ -385,7 +387,6 @@ def run_online(
         history["best_score"] = max(history["best_score"], score)
         if history["score_start"] is None:
             history["score_start"] = score
-        return score
 
     def checkpoint(done: bool, summary: dict | None = None) -> None:
         run.save_checkpoint(CHECKPOINT, {
@@ -428,7 +429,8 @@ def run_online(
                 while counters["next_eval"] <= counters["env_steps"]:
                     counters["next_eval"] += cfg.eval_every
             bar.update(per_rollout)
-            bar.set_postfix(score=f"{history['last_score']:.1f}",
+            last = history["last_score"]
+            bar.set_postfix(score="n/a" if last is None else f"{last:.1f}",
                             ret=f"{stats.get('episode_return', float('nan')):.0f}")
             if counters["env_steps"] >= counters["next_checkpoint"] and not done:
                 while counters["next_checkpoint"] <= counters["env_steps"]:
@@ -437,7 +439,8 @@ def run_online(
     bar.close()
     summary = {"env_id": env_id, "selected": selected, "env_steps": counters["env_steps"],
                "score_start": history["score_start"], "score_final": history["last_score"],
-               "score_best": history["best_score"], "ref_scores": list(ref),
+               "score_best": history["best_score"] if history["last_score"] is not None else None,
+               "ref_scores": list(ref),
                "eval_episodes": cfg.eval_episodes, "num_envs": num_envs, "kernel_backend": ops.backend("cpu"),
                "rollout_steps_per_s": history["collect_steps"] / max(history["collect_s"], 1e-9)}
     checkpoint(True, summary)

@@ -46,12 +46,14 @@ def main(raw_path: str, out_path: str = "benchmarks/latest.json") -> int:
         floor = extra["flops"] / rate
         result[key] = {"fused_s": fused, "reference_s": ref, "ratio": ref / fused, "floor_s": floor,
                        "label": extra["label"], "target_ratio": HEADLINE.get(key)}
-        target = f">= {HEADLINE[key]:g}x " + ("met" if ref / fused >= HEADLINE[key] else "MISSED") if key in HEADLINE else ""
+        target = ""
+        if key in HEADLINE:
+            target = f">= {HEADLINE[key]:g}x " + ("met" if ref / fused >= HEADLINE[key] else "MISSED")
         rows.append((extra["label"], f"{fused * 1e3:.3f}", f"{ref * 1e3:.3f}", f"{ref / fused:.2f}x",
                      f"{floor * 1e3:.3f}", f"{fused / floor:.1f}", target))
     header = ("case", "fused ms", "reference ms", "ratio", "floor ms", "fused/floor", "target")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
     print(f"\nmachine: {where}; float32 matmul rate {rate / 1e9:.1f} GFLOP/s (1024x256x256)")
     print(line(header))
     print(line(tuple("-" * w for w in widths)))

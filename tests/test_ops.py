@@ -86,11 +86,16 @@ def test_divergence_opcheck():
     torch.library.opcheck(torch.ops.uepo.divergence_backward.default, (grad, chunks.detach(), mask, 1e-4))
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference"])
-def test_divergence_properties(impl):
-    if impl == "fused" and not ops.compiled_available():
+@pytest.fixture(params=["fused", "reference"])
+def div_impl(request):
+    """(name, function) for the compiled divergence and its reference."""
+    if request.param == "fused" and not ops.compiled_available():
         pytest.skip("uepo._C not loaded")
-    div = ops.divergence if impl == "fused" else ops.reference_divergence
+    return request.param, ops.divergence if request.param == "fused" else ops.reference_divergence
+
+
+def test_divergence_properties(div_impl):
+    impl, div = div_impl
     g = torch.Generator().manual_seed(3)
     chunks = torch.randn(6, 5, 8, 3, generator=g, dtype=torch.float64)
     d = div(chunks)
@@ -111,11 +116,8 @@ def test_divergence_properties(impl):
     torch.testing.assert_close(dc, torch.zeros_like(dc))
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference"])
-def test_divergence_ignores_masked_steps(impl):
-    if impl == "fused" and not ops.compiled_available():
-        pytest.skip("uepo._C not loaded")
-    div = ops.divergence if impl == "fused" else ops.reference_divergence
+def test_divergence_ignores_masked_steps(div_impl):
+    _, div = div_impl
     g = torch.Generator().manual_seed(4)
     chunks = torch.randn(3, 4, 8, 2, generator=g, dtype=torch.float64)
     mask = torch.ones(3, 8, dtype=torch.float64)
@@ -320,7 +322,8 @@ def test_denoiser_module_is_the_kernel_function():
     the generic solver path (any module) agrees with the fused path."""
     net, sched, bank, cond = make_problem(4, 3, 8, 2, torch.float64)
     x, t = torch.randn(4, 8, 2, dtype=torch.float64), torch.tensor([0, 5, 50, 99])
-    torch.testing.assert_close(net(x, t, cond), residual_mlp_apply(net.kernel_weights(), x.view(4, -1), t, cond).view(4, 8, 2))
+    functional = residual_mlp_apply(net.kernel_weights(), x.view(4, -1), t, cond).view(4, 8, 2)
+    torch.testing.assert_close(net(x, t, cond), functional)
 
     class Wrapped(torch.nn.Module):  # not a ResidualMLPDenoiser: takes the generic PyTorch path
         def __init__(self, inner):

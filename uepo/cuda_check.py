@@ -1,7 +1,8 @@
 """`python -m uepo.cuda_check`: are uepo's CUDA kernels compiled in, and do they run?
 
-Without a GPU it checks what can be checked: the library loaded, was built with CUDA, and
-registers CUDA kernels for every op, and which GPU architectures the library holds code for. With a GPU it also runs both ops against their references.
+Without a GPU it checks what can be checked: the library loaded, was built with CUDA,
+registers CUDA kernels for every op, and holds GPU code (it lists the architectures). With a
+GPU it also runs both ops against their references.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def main() -> int:
         return 1
     library = str(ops._library_path())
     print(f"uepo._C: {library}")
-    print(f"built against torch {torch.__version__} (CUDA {torch.version.cuda}); CUDA kernels for {', '.join(OPS)}")
+    print(f"built against torch {torch.__version__} (CUDA {torch.version.cuda})")
+    print(f"CUDA kernels registered for {', '.join(OPS)}")
     archs = gpu_architectures(library)
     if not archs:
         print("FAIL: the library holds no GPU code (.nv_fatbin section missing or empty)")

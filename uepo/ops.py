@@ -143,7 +143,9 @@ def _check_chunks(chunks: Tensor, mask: Tensor | None) -> None:
     if chunks.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"divergence: chunks must be float32 or float64, got {chunks.dtype}")
     if chunks.shape[2] < 3:
-        raise ValueError(f"divergence needs chunks of H >= 3 steps (it uses accelerations), got H = {chunks.shape[2]}")
+        raise ValueError(
+            f"divergence needs chunks of H >= 3 steps (it uses accelerations), got H = {chunks.shape[2]}"
+        )
     if mask is not None:
         if tuple(mask.shape) != (chunks.shape[0], chunks.shape[2]):
             raise ValueError(

@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -135,3 +136,22 @@ def test_video_is_written_or_the_reason_is_given(tmp_path):
 
     frames = imageio.mimread(path)
     assert steps == 5 and len(frames) == 6 and frames[0].ndim == 3
+
+
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.mark.skipif(not (SHARED_DATASETS / "local" / "hopper" / "medium-v0").exists(),
+                    reason="the source dataset (shared/datasets/local/hopper/medium-v0) is not beside the repo")
+def test_shipped_episodes_are_the_source_episodes_its_provenance_names(monkeypatch):
+    import minari
+
+    prov = json.loads((SHIPPED_ROOT / DEFAULT_DATASET_ID / "provenance.json").read_text())
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(SHARED_DATASETS))
+    source = minari.load_dataset(prov["source_id"])
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(SHIPPED_ROOT))
+    shipped = minari.load_dataset(DEFAULT_DATASET_ID)
+    picked = list(source.iterate_episodes(episode_indices=prov["episodes_kept"]))
+    for mine, theirs in zip(shipped.iterate_episodes(), picked, strict=True):
+        for field in ("observations", "actions", "rewards", "terminations", "truncations"):
+            np.testing.assert_array_equal(getattr(mine, field), getattr(theirs, field))

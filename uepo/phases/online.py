@@ -41,7 +41,10 @@ from uepo.runs import Run, capture_rng, check_finite, restore_rng, seed_everythi
 
 PHASE = "online"
 CHECKPOINT = "online"
-ONLINE_SEED_OFFSET = 4  # phase E's stream: run seed + offset (A–D use their own)
+# A fresh start seeds python/numpy/torch with seed·1000 + this (uepo.phases.PHASE_SEED_OFFSETS
+# gives A–D and evaluation 1–5), so phase E does not depend on what ran before it.
+ONLINE_SEED_OFFSET = 6
+
 
 def reference_scores(env_id: str, dataset_info: dict | None = None) -> tuple[float, float]:
     """(ref_min, ref_max) from the dataset's provenance (its Minari metadata), else D4RL's constants."""
@@ -373,7 +376,7 @@ def run_online(
             vec.close()
             return saved["summary"]
     else:
-        seed_everything(seed + ONLINE_SEED_OFFSET)  # the same start whatever ran before in this process
+        seed_everything(seed * 1000 + ONLINE_SEED_OFFSET)
         _drop_metrics_after(run, PHASE, -1)  # rows of a run killed before its first checkpoint
 
     def evaluate() -> None:

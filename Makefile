@@ -42,8 +42,9 @@ bench: install
 cuda-check:
 	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/pip install -q --upgrade pip
-	$(CUDA_VENV)/bin/pip install -q torch==$(TORCH_CUDA_VERSION) -c constraints.txt setuptools wheel ninja pytest
-	UEPO_CUDA=1 MAX_JOBS=$(MAX_JOBS) $(CUDA_VENV)/bin/pip install -q --no-build-isolation --no-deps --force-reinstall .
+	mkdir -p build && grep -v '^torch==' constraints.txt > build/constraints-cuda.txt
+	$(CUDA_VENV)/bin/pip install -q torch==$(TORCH_CUDA_VERSION) -c build/constraints-cuda.txt setuptools wheel ninja pytest
+	UEPO_CUDA=1 MAX_JOBS=$(MAX_JOBS) $(CUDA_VENV)/bin/pip install -q --no-build-isolation --force-reinstall -c build/constraints-cuda.txt .
 	cd /tmp && $(RUN_ENV) $(abspath $(CUDA_VENV))/bin/python -m uepo.cuda_check
 	cd /tmp && $(RUN_ENV) $(abspath $(CUDA_VENV))/bin/python -m pytest -q -p no:cacheprovider $(CURDIR)/tests/test_ops.py
 

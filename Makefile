@@ -44,7 +44,8 @@ cuda-check:
 	$(CUDA_VENV)/bin/pip install -q --upgrade pip
 	mkdir -p build && grep -v '^torch==' constraints.txt > build/constraints-cuda.txt
 	$(CUDA_VENV)/bin/pip install -q torch==$(TORCH_CUDA_VERSION) -c build/constraints-cuda.txt setuptools wheel ninja pytest
-	UEPO_CUDA=1 MAX_JOBS=$(MAX_JOBS) $(CUDA_VENV)/bin/pip install -q --no-build-isolation --force-reinstall -c build/constraints-cuda.txt .
+	# --no-deps: the check and the op tests need torch alone, already here.
+	UEPO_CUDA=1 MAX_JOBS=$(MAX_JOBS) $(CUDA_VENV)/bin/pip install -q --no-build-isolation --no-deps --force-reinstall .
 	cd /tmp && $(RUN_ENV) $(abspath $(CUDA_VENV))/bin/python -m uepo.cuda_check
 	cd /tmp && $(RUN_ENV) $(abspath $(CUDA_VENV))/bin/python -m pytest -q -p no:cacheprovider $(CURDIR)/tests/test_ops.py
 

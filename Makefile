@@ -47,7 +47,7 @@ cuda-check:
 	# --no-deps: the check and the op tests need torch alone, already here.
 	UEPO_CUDA=1 MAX_JOBS=$(MAX_JOBS) $(CUDA_VENV)/bin/pip install -q --no-build-isolation --no-deps --force-reinstall .
 	cd /tmp && $(RUN_ENV) $(abspath $(CUDA_VENV))/bin/python -m uepo.cuda_check
-	cd /tmp && $(RUN_ENV) $(abspath $(CUDA_VENV))/bin/python -m pytest -q -p no:cacheprovider $(CURDIR)/tests/test_ops.py
+	cd /tmp && $(RUN_ENV) $(abspath $(CUDA_VENV))/bin/python -m pytest -q -p no:cacheprovider --noconftest $(CURDIR)/tests/test_ops.py
 
 # The kernels as a plain libtorch library with a C++ test (ctest), for kernel work.
 ctest: install

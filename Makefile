@@ -43,7 +43,7 @@ cuda-check:
 	test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_VENV)/bin/pip install -q --upgrade pip
 	mkdir -p build && grep -v '^torch==' constraints.txt > build/constraints-cuda.txt
-	$(CUDA_VENV)/bin/pip install -q torch==$(TORCH_CUDA_VERSION) -c build/constraints-cuda.txt setuptools wheel ninja pytest
+	$(CUDA_VENV)/bin/pip install -q torch==$(TORCH_CUDA_VERSION) -c build/constraints-cuda.txt setuptools wheel ninja pytest numpy
 	# --no-deps: the check and the op tests need torch alone, already here.
 	UEPO_CUDA=1 MAX_JOBS=$(MAX_JOBS) $(CUDA_VENV)/bin/pip install -q --no-build-isolation --no-deps --force-reinstall .
 	cd /tmp && $(RUN_ENV) $(abspath $(CUDA_VENV))/bin/python -m uepo.cuda_check

@@ -291,3 +291,53 @@ def test_policy_roundtrip(tmp_path, pipeline):
     hist = pipeline["data"].histories(torch.arange(5), policy.history)
     assert loaded.tau == policy.tau
     assert torch.equal(loaded.act(hist, 1), policy.act(hist, 1))
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptingRun(Run):
+    """A Run that dies right after the n-th save of one checkpoint (as a kill would)."""
+
+    def __init__(self, root, name: str, after: int):
+        super().__init__(root, resume=True, tensorboard=False)
+        self.name, self.after, self.saves = name, after, 0
+
+    def save_checkpoint(self, name, state):
+        path = super().save_checkpoint(name, state)
+        if name == self.name:
+            self.saves += 1
+            if self.saves == self.after:
+                raise Interrupted(name)
+        return path
+
+
+@pytest.mark.parametrize("progress", ["critics_progress", "pretrain_progress", "dynamics_T0_progress",
+                                      "dynamics_T_progress", "improve_progress"])
+def test_phases_resume_from_their_progress_checkpoints(tmp_path, tiny_hopper, progress):
+    """Killed right after a progress checkpoint, the pipeline continues to the uninterrupted result."""
+    data = load_offline_data(tiny_hopper)
+    cfg = small_config(critics={"steps": 20, "hidden": 16, "checkpoint_every": 5},
+                       pretrain={"steps": 30, "width": 16, "num_blocks": 1, "checkpoint_every": 10,
+                                 "tau_states": 32},
+                       dynamics={"max_epochs": 4, "max_updates_per_epoch": 3, "checkpoint_every": 1,
+                                 "hidden": 16, "patience": 10, "augment_batch": 32, "augment_ratio": 0.3},
+                       improve={"steps": 20, "ope_every": 5, "ope_states": 8, "ope_horizon": 5,
+                                "std_warmup_steps": 5})
+
+    def run_all(run):
+        ctx = PhaseContext(run, cfg, data, torch.device("cpu"), False)
+        critics = train_critics(ctx)
+        pre = pretrain(ctx)
+        dyn = train_dynamics(ctx, pre.policy)
+        return improve(ctx, pre.policy, critics, dyn)
+
+    full = run_all(Run(tmp_path / "full", tensorboard=False))
+    with pytest.raises(Interrupted):
+        run_all(InterruptingRun(tmp_path / "cut", progress, after=2))
+    torch.manual_seed(999)  # a fresh process would not share the global RNG state either
+    resumed = run_all(Run(tmp_path / "cut", resume=True, tensorboard=False))
+    assert resumed.selected == full.selected and resumed.amq_best == full.amq_best
+    for k, v in full.policy.state_dict().items():
+        assert torch.equal(v, resumed.policy.state_dict()[k]), k

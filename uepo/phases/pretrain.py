@@ -118,7 +118,7 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
         sched.load_state_dict(progress["scheduler"])
         gen.set_state(progress["generator"])
         restore_rng(progress["rng"])
-        start, running_tau = progress["step"], progress["running_tau"]
+        start, running_tau, last_kl = progress["step"], progress["running_tau"], progress["last_kl"]
 
     diffusion = cfg.policy == "diffusion"
     schedule = Schedule(p.diffusion_steps)
@@ -132,7 +132,7 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
         run.save_checkpoint(f"{PHASE}_progress", {
             "net": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "generator": gen.get_state(), "rng": capture_rng(),
-            "step": step, "running_tau": running_tau,
+            "step": step, "running_tau": running_tau, "last_kl": last_kl,
         })
 
     def chain_eps(x: Tensor, t: int, c: Tensor) -> Tensor:

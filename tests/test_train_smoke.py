@@ -89,9 +89,10 @@ def test_uni_o4_gaussian_ensemble_and_ablations(tiny_hopper, tmp_path):
     s = json.loads((tmp_path / "g" / "summary.json").read_text())
     assert s["policy"] == "gaussian-ensemble" and "T_holdout_nll" not in s["dynamics"]
     assert smoke(tiny_hopper, tmp_path / "u", "--denoiser", "unet", "--no-divergence", "--no-seq-kl",
-                 "--improve.eval_episodes", "0") == 0
+                 "--sampler", "ddpm", "--improve.eval_episodes", "0") == 0
     policy = MultiSeedPolicy.load(tmp_path / "u" / "checkpoints" / "offline.pt")
     assert policy.config["denoiser"] == "unet" and policy.tau == 0.0 and policy.eta == 0.0
+    assert policy.sampler == "ddpm"
 
 
 def test_clear_errors_and_help(minari_root, tmp_path, capsys):

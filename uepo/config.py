@@ -56,6 +56,7 @@ class PretrainConfig:
     grad_clip: float = f(1.0, "gradient-norm clip (0: none)")
     diffusion_steps: int = f(100, "K: DDPM training timesteps (cosine schedule)")
     sampling_steps: int = f(10, "K_s: DDIM sampling steps")
+    sampler: str = f("ddim", "sub-policy solver: ddim (K_s steps, fused kernel) or ddpm (all K steps, PyTorch)")
     num_seeds: int = f(4, "n: sub-policies (fixed seeds, or Gaussian BC members)")
     base_seed: int = f(-1, "seed of sub-policy 0's noise generator; -1: 1000 * run seed")
     denoiser: str = f("mlp", "denoiser network: mlp (fused kernel) or unet (paper's U-Net, PyTorch path)")
@@ -359,6 +360,11 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--policy must be 'diffusion' or 'gaussian-ensemble', got {cfg.policy!r}")
     if cfg.pretrain.denoiser not in ("mlp", "unet"):
         raise ValueError(f"--denoiser must be 'mlp' or 'unet', got {cfg.pretrain.denoiser!r}")
+    if cfg.pretrain.sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"--sampler must be 'ddim' or 'ddpm', got {cfg.pretrain.sampler!r}")
+    if cfg.device != "cpu":
+        raise ValueError(f"--device {cfg.device!r}: phases A–D run on the CPU in this version (the fused "
+                         "kernels have CUDA builds, the training loops do not move data yet); use --device cpu")
     if cfg.data.horizon < 3:
         raise ValueError("--horizon must be >= 3 (the divergence uses accelerations)")
     if cfg.pretrain.num_seeds < 1:

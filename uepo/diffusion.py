@@ -116,3 +116,65 @@ def multiseed_sample(
         return ops.multiseed_ddim(eps_fn, cond, seeds.noise, seeds.perturb, steps.timesteps,
                                   steps.alpha_bars, eta, tau, return_div=return_div,
                                   divergence_fn=ops.divergence)
+
+
+# ---------------------------------------------------------------------------------------------
+# DDPM sampling (SPEC §3B, the option to DDIM): ancestral steps over all K timesteps, with the
+# same adaptive perturbation. Sub-policy i stays a deterministic map: its per-step noise w^i_k
+# is drawn once, like ε_i and z^i. PyTorch path only (the fused kernel runs DDIM).
+# ---------------------------------------------------------------------------------------------
+
+DDPM_NOISE_SEED_OFFSET = 1_000_003  # the step-noise generator of seed i is base_seed + i + this
+
+
+def ddpm_step_noise(num_seeds: int, num_steps: int, horizon: int, action_dim: int, base_seed: int,
+                    dtype: torch.dtype = torch.float32) -> Tensor:
+    """Fixed ancestral noise w^i_k per seed and step, (n, K, H, d_a)."""
+    out = []
+    for i in range(num_seeds):
+        g = torch.Generator().manual_seed(base_seed + i + DDPM_NOISE_SEED_OFFSET)
+        out.append(torch.randn(num_steps, horizon, action_dim, generator=g, dtype=torch.float64))
+    return torch.stack(out).to(dtype)
+
+
+def multiseed_ddpm(
+    denoiser: nn.Module,
+    cond: Tensor,
+    schedule: Schedule,
+    seeds: SeedBank,
+    step_noise: Tensor,
+    eta: float = 0.1,
+    tau: float = 0.0,
+) -> Tensor:
+    """μ^i(S) by DDPM ancestral sampling for every seed: (B, C) -> chunks (B, n, H, d_a), no autograd.
+
+    ``seeds`` must hold perturbations for all K steps (``SeedBank.draw(n, K, ...)``) and
+    ``step_noise`` the (n, K, H, d_a) ancestral noise.
+    """
+    K = schedule.num_steps
+    n, H, D = seeds.noise.shape
+    if seeds.perturb.shape[1] != K or step_noise.shape[:2] != (n, K):
+        raise ValueError(f"DDPM sampling needs perturbations and step noise for all K = {K} steps")
+    B = cond.shape[0]
+    abars = schedule.alpha_bars.tolist()
+    x = seeds.noise.expand(B, n, H, D).reshape(B * n, H, D).to(cond.dtype)
+    cond_rows = cond.repeat_interleave(n, dim=0)
+    with torch.no_grad():
+        for s, t in enumerate(range(K - 1, -1, -1)):
+            ab, ab_prev = abars[t], (abars[t - 1] if t > 0 else 1.0)
+            eps_hat = denoiser(x, torch.full((B * n,), t, dtype=torch.long, device=x.device), cond_rows)
+            x0 = ((x - math.sqrt(1 - ab) * eps_hat) / math.sqrt(ab)).clamp(-1, 1)
+            if K - s > 2 and eta > 0 and tau > 0 and n > 1:
+                d = ops.nearest_competitor(ops.divergence(x0.view(B, n, H, D)))
+                sigma = ops.perturbation_scale(d, tau, eta)[..., None, None]  # (B, n, 1, 1)
+                x0 = (x0.view(B, n, H, D) + sigma * seeds.perturb[:, s].to(x0)).clamp(-1, 1)
+                x0 = x0.reshape(B * n, H, D)
+            if t == 0:
+                x = x0
+                break
+            beta = 1 - ab / ab_prev
+            mean = (math.sqrt(ab_prev) * beta / (1 - ab)) * x0 + (math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab)) * x
+            std = math.sqrt(beta * (1 - ab_prev) / (1 - ab))
+            w = step_noise[:, s].to(x).expand(B, n, H, D).reshape(B * n, H, D)
+            x = mean + std * w
+    return x.view(B, n, H, D)

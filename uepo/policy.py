@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from uepo.diffusion import DDIMSteps, Schedule, SeedBank, multiseed_sample
+from uepo.diffusion import DDIMSteps, Schedule, SeedBank, ddpm_step_noise, multiseed_ddpm, multiseed_sample
 from uepo.nets import GaussianBCEnsemble, ResidualGaussianHead, ResidualMLPDenoiser, UNetDenoiser
 
 ACTION_BOUND = 1.0
@@ -56,13 +56,21 @@ class MultiSeedPolicy(nn.Module):
                                                         c["head_layers"]) for _ in range(self.num_seeds))
         self.register_buffer("obs_mean", obs_mean.detach().clone().float())
         self.register_buffer("obs_std", obs_std.detach().clone().float())
+        self.sampler: str = c.get("sampler", "ddim")
         self.steps: DDIMSteps | None = None
         if self.kind == "diffusion":
-            self.steps = Schedule(c["diffusion_steps"]).ddim(c["sampling_steps"])
-            bank = SeedBank.draw(self.num_seeds, c["sampling_steps"], self.horizon, self.action_dim,
-                                 c["base_seed"])
+            self.schedule = Schedule(c["diffusion_steps"])
+            # DDPM visits all K timesteps; DDIM the K_s evenly spaced ones
+            solver_steps = c["diffusion_steps"] if self.sampler == "ddpm" else c["sampling_steps"]
+            self.steps = self.schedule.ddim(solver_steps)
+            bank = SeedBank.draw(self.num_seeds, solver_steps, self.horizon, self.action_dim, c["base_seed"])
             self.register_buffer("seed_noise", bank.noise)
             self.register_buffer("seed_perturb", bank.perturb)
+            if self.sampler == "ddpm":
+                self.register_buffer("ddpm_noise", ddpm_step_noise(self.num_seeds, solver_steps, self.horizon,
+                                                                   self.action_dim, c["base_seed"]))
+            elif self.sampler != "ddim":
+                raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {self.sampler!r}")
 
     @property
     def seeds(self) -> SeedBank:
@@ -90,6 +98,9 @@ class MultiSeedPolicy(nn.Module):
         """μ^i from already-normalised conditions (B, C) -> (B, n_sel, H, d_a) (H = 1 for BC members)."""
         if self.kind == "gaussian-ensemble":
             chunks = self.denoiser(cond)[0].unsqueeze(2)
+        elif self.sampler == "ddpm":
+            chunks = multiseed_ddpm(self.denoiser, cond, self.schedule, self.seeds, self.ddpm_noise, self.eta,
+                                    self.tau)
         else:
             chunks, _ = multiseed_sample(self.denoiser, cond, self.steps, self.seeds, self.eta, self.tau)
         return chunks if seed_indices is None else chunks[:, seed_indices]
@@ -144,7 +155,8 @@ class MultiSeedPolicy(nn.Module):
 def policy_config(kind: str, obs_dim: int, action_dim: int, history: int, horizon: int, num_seeds: int,
                   denoiser: str = "mlp", width: int = 256, num_blocks: int = 3, time_dim: int = 32,
                   diffusion_steps: int = 100, sampling_steps: int = 10, base_seed: int = 0,
-                  eta: float = 0.1, tau: float = 0.0, head_hidden: int = 256, head_layers: int = 3) -> dict:
+                  eta: float = 0.1, tau: float = 0.0, head_hidden: int = 256, head_layers: int = 3,
+                  sampler: str = "ddim") -> dict:
     """The config dict a ``MultiSeedPolicy`` is built from (saved inside every checkpoint)."""
     if kind not in ("diffusion", "gaussian-ensemble"):
         raise ValueError(f"policy kind must be 'diffusion' or 'gaussian-ensemble', got {kind!r}")
@@ -152,4 +164,4 @@ def policy_config(kind: str, obs_dim: int, action_dim: int, history: int, horizo
                 horizon=horizon if kind == "diffusion" else 1, num_seeds=num_seeds, denoiser=denoiser,
                 width=width, num_blocks=num_blocks, time_dim=time_dim, diffusion_steps=diffusion_steps,
                 sampling_steps=sampling_steps, base_seed=base_seed, eta=eta, tau=tau,
-                head_hidden=head_hidden, head_layers=head_layers)
+                head_hidden=head_hidden, head_layers=head_layers, sampler=sampler)

@@ -44,7 +44,7 @@ def make_policy_config(cfg: Config, obs_dim: int, action_dim: int, tau: float = 
         "diffusion" if cfg.policy == "diffusion" else "gaussian-ensemble", obs_dim, action_dim,
         cfg.data.history, cfg.data.horizon, p.num_seeds, p.denoiser, p.width, p.num_blocks, p.time_dim,
         p.diffusion_steps, p.sampling_steps, base_seed_for(cfg), p.eta if p.divergence else 0.0,
-        tau if p.divergence else 0.0,
+        tau if p.divergence else 0.0, sampler=p.sampler,
     )
 
 

@@ -384,3 +384,18 @@ def test_ddpm_policy_is_deterministic_per_seed():
     assert not torch.allclose(a[:, 0], a[:, 1])
     loaded = MultiSeedPolicy.from_state(policy.state())
     assert torch.equal(loaded.base_chunks(hist), a)
+
+
+def test_data_form_of_the_sequence_kl():
+    """The literal form: min_j log p_i(A)/p_j(A) at the data chunk; it prefers the seed nearest the data."""
+    g = torch.Generator().manual_seed(2)
+    mu = torch.randn(2, 3, 4, 2, generator=g, dtype=torch.float64)
+    data = torch.randn(2, 4, 2, generator=g, dtype=torch.float64)
+    r = sequence_kl(mu, None, 0.5, data)
+    sq = ((mu - data[:, None]) ** 2).sum((-1, -2))
+    for b in range(2):
+        for i in range(3):
+            expected = min((sq[b, j] - sq[b, i]) / (2 * 0.25 * 8) for j in range(3) if j != i)
+            assert r[b, i].item() == pytest.approx(expected.item())
+    nearest = sq.argmin(1)
+    assert (r.gather(1, nearest[:, None]) > 0).all()  # only the seed nearest the data scores > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -85,7 +86,7 @@ def test_resume_of_a_finished_run_loads_phases_and_refuses_other_configs(smoke_r
 
 def test_uni_o4_gaussian_ensemble_and_ablations(tiny_hopper, tmp_path):
     assert smoke(tiny_hopper, tmp_path / "g", "--policy", "gaussian-ensemble", "--no-augmentation",
-                 "--improve.eval_raw", "false") == 0
+                 "--seq_kl_form", "data", "--improve.eval_raw", "false") == 0
     s = json.loads((tmp_path / "g" / "summary.json").read_text())
     assert s["policy"] == "gaussian-ensemble" and "T_holdout_nll" not in s["dynamics"]
     assert smoke(tiny_hopper, tmp_path / "u", "--denoiser", "unet", "--no-divergence", "--no-seq-kl",
@@ -93,6 +94,9 @@ def test_uni_o4_gaussian_ensemble_and_ablations(tiny_hopper, tmp_path):
     policy = MultiSeedPolicy.load(tmp_path / "u" / "checkpoints" / "offline.pt")
     assert policy.config["denoiser"] == "unet" and policy.tau == 0.0 and policy.eta == 0.0
     assert policy.sampler == "ddpm"
+    assert smoke(tiny_hopper, tmp_path / "d", "--seq_kl_form", "data", "--improve.eval_episodes", "0") == 0
+    rows = [r for r in csv.DictReader(open(tmp_path / "d" / "metrics.csv")) if r["key"] == "seq_kl"]
+    assert rows and all(math.isfinite(float(r["value"])) for r in rows)
 
 
 def test_clear_errors_and_help(minari_root, tmp_path, capsys):

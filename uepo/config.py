@@ -68,6 +68,7 @@ class PretrainConfig:
     alpha: float = f(0.1, "α: weight of the sequence-level KL term")
     sigma_seq: float = f(0.1, "σ_seq of the Gaussian sequence densities in R_i")
     kappa: float = f(1.0, "κ: cap of each R_i")
+    seq_kl_form: str = f("closed", "R_i form: closed (KL between sub-policies) or data (literal, ablation)")
     kl_every: int = f(2, "apply the KL term every this many updates")
     kl_batch: int = f(64, "states in the KL term's sub-batch")
     kl_chain_steps: int = f(5, "DDIM steps of the differentiable chain for the KL term")
@@ -360,6 +361,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--policy must be 'diffusion' or 'gaussian-ensemble', got {cfg.policy!r}")
     if cfg.pretrain.denoiser not in ("mlp", "unet"):
         raise ValueError(f"--denoiser must be 'mlp' or 'unet', got {cfg.pretrain.denoiser!r}")
+    if cfg.pretrain.seq_kl_form not in ("closed", "data"):
+        raise ValueError(f"--seq_kl_form must be 'closed' or 'data', got {cfg.pretrain.seq_kl_form!r}")
     if cfg.pretrain.sampler not in ("ddim", "ddpm"):
         raise ValueError(f"--sampler must be 'ddim' or 'ddpm', got {cfg.pretrain.sampler!r}")
     if cfg.device != "cpu":

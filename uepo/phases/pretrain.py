@@ -48,17 +48,23 @@ def make_policy_config(cfg: Config, obs_dim: int, action_dim: int, tau: float = 
     )
 
 
-def sequence_kl(chunks: Tensor, mask: Tensor | None, sigma_seq: float) -> Tensor:
+def sequence_kl(chunks: Tensor, mask: Tensor | None, sigma_seq: float, data: Tensor | None = None) -> Tensor:
     """R_i = min_{j≠i} Σ_h M_h ‖μ^i_h − μ^j_h‖² / (2 σ² Σ_h M_h d_a): (B, n, H, d_a) -> (B, n).
 
     The KL between isotropic Gaussians N(μ^i, σ²I) and N(μ^j, σ²I) over the unmasked steps,
-    per action dimension.
+    per action dimension. With ``data`` (B, H, d_a) it is the literal "data" form instead (the
+    ablation ``seq_kl_form=data``): min_j [log p_i(A) − log p_j(A)] at the dataset chunk A, which
+    pulls μ^i onto A and so collapses the seeds onto the conditional mean.
     """
     B, n, H, D = chunks.shape
     m = chunks.new_ones(B, H) if mask is None else mask.to(chunks.dtype)
+    norm = 2 * sigma_seq**2 * m.sum(-1).clamp_min(1)[:, None, None] * D
+    if data is not None:
+        sq_to_data = (((chunks - data[:, None]) ** 2).sum(-1) * m[:, None]).sum(-1)  # (B, n)
+        log_ratio = (sq_to_data[:, None, :] - sq_to_data[:, :, None]) / norm  # [b, i, j] = log p_i − log p_j
+        return ops.nearest_competitor(log_ratio)
     sq = ((chunks[:, :, None] - chunks[:, None, :]) ** 2).sum(-1)  # (B, n, n, H)
-    kl = (sq * m[:, None, None]).sum(-1) / (2 * sigma_seq**2 * m.sum(-1).clamp_min(1)[:, None, None] * D)
-    return ops.nearest_competitor(kl)
+    return ops.nearest_competitor((sq * m[:, None, None]).sum(-1) / norm)
 
 
 def lr_lambda(warmup: int, total: int):
@@ -164,14 +170,15 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
                 mus, divs = ops.multiseed_ddim(
                     chain_eps, cond[: p.kl_batch], chain_seeds.noise, chain_seeds.perturb, chain.timesteps,
                     chain.alpha_bars, eta, running_tau, return_div=True, divergence_fn=ops.divergence)
-                _, sub_mask = data.chunks(sub, H)
+                sub_chunk, sub_mask = data.chunks(sub, H)
                 # running τ: the target quantile of the final-step nearest-competitor divergence
                 q = float(torch.quantile(divs[..., -1].detach().flatten(), p.tau_quantile))
                 decay = RUNNING_TAU_DECAY if running_tau > 0 else 0.0
                 running_tau = decay * running_tau + (1 - decay) * q
             else:
                 mus, sub_mask = means[: p.kl_batch][:, :, None], None
-            r = sequence_kl(mus, sub_mask, p.sigma_seq)
+                sub_chunk = data.actions[sub][:, None]
+            r = sequence_kl(mus, sub_mask, p.sigma_seq, sub_chunk if p.seq_kl_form == "data" else None)
             kl_term = r.clamp(max=p.kappa).mean()
             loss = loss - p.alpha * kl_term
             last_kl = kl_term.item()

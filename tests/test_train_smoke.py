@@ -35,6 +35,8 @@ def test_run_directory_layout(smoke_run, tiny_hopper):
                  "checkpoints/latest.pt"):
         assert (smoke_run / name).exists(), name
     assert list(smoke_run.glob("events.out.tfevents.*"))
+    plots = {p.name for p in (smoke_run / "plots").glob("*.png")}
+    assert {"critics.png", "pretrain.png", "dynamics.png", "improve.png"} <= plots
     cfg = yaml.safe_load((smoke_run / "config.yaml").read_text())
     assert cfg["dataset"] == tiny_hopper and cfg["preset"] == "smoke" and cfg["seed"] == 3
     phases = {row["phase"] for row in csv.DictReader(open(smoke_run / "metrics.csv"))}

@@ -184,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
                        dynamics=dynamics.metrics)
     for r in evals.get("raw", []) + ([evals["selected"]] if "selected" in evals else []):
         print(r["label"], file=sys.stderr)
+    timings = run.read_summary().get("timings_s", {})
+    print("uepo.train: wall time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
+          file=sys.stderr)
+    from uepo.plots import make_plots
+
+    make_plots(root)
     print(f"uepo.train: ran {', '.join(done)}. Not run: {', '.join(PHASES_NOT_RUN)}.", file=sys.stderr)
     print(f"uepo.train: offline artefact {run.checkpoints / 'offline.pt'}; summary {root / 'summary.json'}",
           file=sys.stderr)

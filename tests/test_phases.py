@@ -8,6 +8,7 @@ take well under a minute on one thread.
 from __future__ import annotations
 
 import copy
+import csv
 import math
 
 import numpy as np
@@ -341,6 +342,11 @@ def test_phases_resume_from_their_progress_checkpoints(tmp_path, tiny_hopper, pr
     assert resumed.selected == full.selected and resumed.amq_best == full.amq_best
     for k, v in full.policy.state_dict().items():
         assert torch.equal(v, resumed.policy.state_dict()[k]), k
+
+    def metric_rows(path):  # (phase, step, key, value), without the wall-clock time
+        return [tuple(r[1:]) for r in csv.reader(open(path / "metrics.csv"))]
+
+    assert metric_rows(tmp_path / "cut") == metric_rows(tmp_path / "full")  # no duplicated steps
 
 
 class ExactDenoiser(torch.nn.Module):

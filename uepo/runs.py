@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -122,6 +123,22 @@ class Run:
             if self._tb is not None:
                 self._tb.add_scalar(f"{phase}/{key}", value, int(step))
         self._metrics_file.flush()
+
+    def drop_metrics(self, phase: str, after_step: int = -1, key_prefix: str = "") -> None:
+        """Remove ``phase``'s metrics.csv rows with step > ``after_step`` (and key starting with
+        ``key_prefix``): a phase resuming from a checkpoint logs those steps again, so the file ends
+        as an uninterrupted run's would (TensorBoard keeps both; it shows the later one)."""
+        self._metrics_file.close()
+        with open(self._metrics_path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [rows[0]] + [r for r in rows[1:] if not (r[1] == phase and int(r[2]) > after_step
+                                                         and r[3].startswith(key_prefix))]
+        if len(kept) != len(rows):
+            buf = io.StringIO()
+            csv.writer(buf).writerows(kept)
+            atomic_write_text(self._metrics_path, buf.getvalue())
+        self._metrics_file = open(self._metrics_path, "a", newline="")  # noqa: SIM115
+        self._csv = csv.writer(self._metrics_file)
 
     @contextlib.contextmanager
     def timer(self, phase: str) -> Iterator[None]:

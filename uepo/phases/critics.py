@@ -67,6 +67,7 @@ def train_critics(ctx: PhaseContext) -> Critics:
         gen.set_state(progress["generator"])
         restore_rng(progress["rng"])
         start = progress["step"]
+    run.drop_metrics(PHASE, start)
 
     obs_n, next_n = data.normalize(data.obs), data.normalize(data.next_obs)
     not_done = 1.0 - data.terminals

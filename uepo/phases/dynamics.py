@@ -159,6 +159,7 @@ def fit_ensemble(ctx: PhaseContext, stage: str, train: Transitions, holdout: Tra
         restore_rng(progress["rng"])
         boot, best, best_state = progress["boot"], progress["best"], progress["best_state"]
         epoch, since_improved = progress["epoch"], progress["since_improved"]
+    run.drop_metrics(PHASE, epoch, key_prefix=f"{stage}_")
 
     updates = math.ceil(n / cfg.batch_size)
     if cfg.max_updates_per_epoch > 0:

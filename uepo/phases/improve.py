@@ -125,6 +125,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
 
     cached = run.load_checkpoint(f"{PHASE}_cache")
     if cached is None:
+        run.drop_metrics(PHASE)
         base_all = cache_base_actions(policy, data.cond(torch.arange(data.size), policy.history))
         ope_idx = sample_indices(data.size, min(cfg.ope_states, data.size), gen)
         for i in range(n):
@@ -155,6 +156,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
         first_seed, start, amq_best, best_heads = (progress["seed"], progress["step"], progress["amq_best"],
                                                    progress["best_heads"])
         resume_state = progress
+    run.drop_metrics(PHASE, first_seed * cfg.steps + start)
 
     for i in range(first_seed, n):
         head = policy.heads[i]

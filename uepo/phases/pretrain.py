@@ -125,6 +125,7 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
         gen.set_state(progress["generator"])
         restore_rng(progress["rng"])
         start, running_tau, last_kl = progress["step"], progress["running_tau"], progress["last_kl"]
+    run.drop_metrics(PHASE, start)
 
     diffusion = cfg.policy == "diffusion"
     schedule = Schedule(p.diffusion_steps)

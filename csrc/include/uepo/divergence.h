@@ -24,16 +24,21 @@ namespace uepo {
 using std::exp;
 using std::sqrt;
 
-// Layout of one chunk's derivatives: [vel (H-1) x D | acc (H-2) x D | |acc_t| (H-2)].
-UEPO_HD int64_t derivative_size(int64_t H, int64_t D) { return (2 * H - 3) * D + (H - 2); }
+// Layout of one chunk's derivatives:
+//   [vel (H-1) x D | acc (H-2) x D | |acc_t| (H-2) | 1/|acc_t| (H-2), 0 where |acc_t| = 0].
+UEPO_HD int64_t derivative_size(int64_t H, int64_t D) { return (2 * H - 3) * D + 2 * (H - 2); }
 
 template <typename T>
 struct Derivs {
   const T* vel;
   const T* acc;
   const T* acc_norm;
+  const T* acc_inv_norm;
   UEPO_HD Derivs(const T* base, int64_t H, int64_t D)
-      : vel(base), acc(base + (H - 1) * D), acc_norm(base + (2 * H - 3) * D) {}
+      : vel(base),
+        acc(base + (H - 1) * D),
+        acc_norm(base + (2 * H - 3) * D),
+        acc_inv_norm(base + (2 * H - 3) * D + (H - 2)) {}
 };
 
 // Mask weights of the velocity and acceleration terms, and their totals (SPEC: means over the
@@ -57,6 +62,7 @@ UEPO_HD void chunk_derivatives(const T* a, int64_t H, int64_t D, T* out) {
   T* vel = out;
   T* acc = out + (H - 1) * D;
   T* acc_norm = out + (2 * H - 3) * D;
+  T* acc_inv_norm = acc_norm + (H - 2);
   for (int64_t t = 0; t + 1 < H; ++t)
     for (int64_t d = 0; d < D; ++d) vel[t * D + d] = a[(t + 1) * D + d] - a[t * D + d];
   for (int64_t t = 1; t + 1 < H; ++t) {
@@ -67,6 +73,7 @@ UEPO_HD void chunk_derivatives(const T* a, int64_t H, int64_t D, T* out) {
       s += c * c;
     }
     acc_norm[t - 1] = sqrt(s);
+    acc_inv_norm[t - 1] = s > T(0) ? T(1) / acc_norm[t - 1] : T(0);  // zero subgradient at 0
   }
 }
 
@@ -149,11 +156,11 @@ UEPO_HD void pair_divergence_grad(const Derivs<T>& a, const Derivs<T>& b, const 
       const T inv_q = T(1) / (na * nb + eps);
       const T cross = -gscale * wt * inv_q;
       const T self_scale = gscale * wt * (dot + eps) * inv_q * inv_q;
-      const T self_a = na == T(0) ? T(0) : self_scale * nb / na;
+      const T self_a = self_scale * nb * a.acc_inv_norm[k];
       T* out_a = acc_ga + k * D;
       for (int64_t d = 0; d < D; ++d) out_a[d] += cross * cb[d] + self_a * ca[d];
       if (acc_gb) {
-        const T self_b = nb == T(0) ? T(0) : self_scale * na / nb;
+        const T self_b = self_scale * na * b.acc_inv_norm[k];
         T* out_b = acc_gb + k * D;
         for (int64_t d = 0; d < D; ++d) out_b[d] += cross * ca[d] + self_b * cb[d];
       }

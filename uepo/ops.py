@@ -169,17 +169,6 @@ def divergence(chunks: Tensor, mask: Tensor | None = None, eps: float = DIVERGEN
     return torch.ops.uepo.divergence(chunks, mask, float(eps))
 
 
-def _divergence_setup_context(ctx, inputs, output) -> None:
-    chunks, mask, eps = inputs
-    ctx.save_for_backward(chunks, mask)
-    ctx.eps = eps
-
-
-def _divergence_backward(ctx, grad: Tensor):
-    chunks, mask = ctx.saved_tensors
-    return torch.ops.uepo.divergence_backward(grad, chunks, mask, ctx.eps), None, None
-
-
 # ---------------------------------------------------------------------------------------------
 # Multi-seed sampler
 # ---------------------------------------------------------------------------------------------
@@ -309,13 +298,10 @@ def multiseed_sample(
 
 
 # ---------------------------------------------------------------------------------------------
-# Registration: autograd for the divergence, fake (meta) kernels for tracing and opcheck.
+# Registration: fake (meta) kernels for tracing, torch.compile and opcheck.
 # ---------------------------------------------------------------------------------------------
 
-if compiled_available():
-    torch.library.register_autograd(
-        "uepo::divergence", _divergence_backward, setup_context=_divergence_setup_context
-    )
+if compiled_available():  # autograd of uepo::divergence is registered in C++ (csrc/autograd.cpp)
 
     @torch.library.register_fake("uepo::divergence")
     def _divergence_fake(chunks, mask, eps):

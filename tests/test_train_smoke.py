@@ -40,13 +40,16 @@ def test_run_directory_layout(smoke_run, tiny_hopper):
     cfg = yaml.safe_load((smoke_run / "config.yaml").read_text())
     assert cfg["dataset"] == tiny_hopper and cfg["preset"] == "smoke" and cfg["seed"] == 3
     phases = {row["phase"] for row in csv.DictReader(open(smoke_run / "metrics.csv"))}
-    assert {"critics", "pretrain", "dynamics", "improve"} <= phases
+    assert {"critics", "pretrain", "dynamics", "improve", "online"} <= phases
+    assert (smoke_run / "checkpoints" / "online.pt").exists()
+    assert {p.name for p in (smoke_run / "plots").glob("*.png")} >= {"critics.png", "learning_curve.png"}
 
 
 def test_summary_has_scores_timings_and_provenance(smoke_run, tiny_hopper):
     s = json.loads((smoke_run / "summary.json").read_text())
     assert set(s["timings_s"]) >= {"A_critics", "B_pretrain", "C_dynamics", "D_improve", "evaluation"}
-    assert len(s["phases_run"]) == 5 and any("online" in p for p in s["phases_not_run"])
+    assert len(s["phases_run"]) == 6 and s["phases_not_run"] == [] and "online" in s["phases_run"][-1]
+    assert set(s["timings_s"]) >= {"online"} and s["online"]["env_steps"] > 0
     prov = s["provenance"]
     assert prov["kernel_backend"] in ("cpu", "cuda", "reference") and prov["torch"] == torch.__version__
     assert s["dataset"]["dataset_id"] == tiny_hopper and len(s["dataset"]["content_sha256"]) == 64
@@ -111,3 +114,15 @@ def test_clear_errors_and_help(minari_root, tmp_path, capsys):
     for flag in ("--dataset", "--preset", "--no-divergence", "--no-seq-kl", "--no-augmentation", "--denoiser",
                  "--policy", "--download", "--online.clip", "--pretrain.alpha", "--expectile"):
         assert flag in out, flag
+
+
+def test_phases_offline_then_online_with_resume_run_dir(tiny_hopper, tmp_path, capsys):
+    run_dir = tmp_path / "split"
+    assert smoke(tiny_hopper, run_dir, "--phases", "offline") == 0
+    assert not (run_dir / "checkpoints" / "online.pt").exists()
+    assert main(["--phases", "online", "--dataset", tiny_hopper, "--preset", "smoke", "--seed", "3"]) == 2
+    assert "--resume RUN_DIR" in capsys.readouterr().err
+    assert main(["--phases", "online", "--resume", str(run_dir), "--dataset", tiny_hopper,
+                 "--preset", "smoke", "--seed", "3"]) == 0
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert len(s["phases_run"]) == 6 and s["online"]["score_final"] is not None

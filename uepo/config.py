@@ -150,6 +150,7 @@ class Config:
     out: str = f("runs", "parent folder of run directories (runs/<dataset>/<time>-<seed>)")
     run_dir: str = f("", "exact run directory (overrides out); reuse one with --resume")
     resume: bool = f(False, "continue the run in run_dir from its checkpoints")
+    phases: str = f("all", "which phases run: offline (A–D + evaluation), online (E) or all")
     policy: str = f("diffusion", "diffusion (UEPO) or gaussian-ensemble (Uni-O4 BC ensemble)")
     download: bool = f(False, "let Minari download a dataset that is not found locally")
     device: str = f("cpu", "torch device")
@@ -299,13 +300,17 @@ def build_parser(prog: str = "python -m uepo.train") -> argparse.ArgumentParser:
     index, ambiguous = _field_index()
     parser = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run the UEPO offline pipeline (phases A–D) on a Minari dataset.",
+        description="Run the UEPO pipeline on a Minari dataset: offline phases A–D, then online PPO (E).",
         epilog="Fields can also be set as --section.field; unique field names also as --field.",
     )
     parser.add_argument("--config", default=None, help="YAML file of overrides (applied after the preset)")
     for flag, (help_text, _) in SHORTHANDS.items():
         dest = "short_" + flag[2:].replace("-", "_")
-        parser.add_argument(flag, action="store_true", dest=dest, help=help_text)
+        if flag == "--resume":  # --resume RUN_DIR, or --resume with --run_dir
+            parser.add_argument(flag, nargs="?", const=True, default=False, metavar="RUN_DIR", dest=dest,
+                                help=help_text + " (RUN_DIR: the run directory to continue)")
+        else:
+            parser.add_argument(flag, action="store_true", dest=dest, help=help_text)
     for name, (sec, fl) in index.items():
         default = getattr(getattr(Config(), sec) if sec else Config(), fl.name)
         flags = [f"--{name}"]
@@ -351,12 +356,18 @@ def parse_args(argv: list[str] | None = None) -> Config:
     for flag, (_, over) in SHORTHANDS.items():
         if values["short_" + flag[2:].replace("-", "_")]:
             apply_overrides(cfg, over)
+    if isinstance(args.short_resume, str):
+        cli["run_dir"] = args.short_resume
     apply_overrides(cfg, cli)
     validate(cfg)
     return cfg
 
 
 def validate(cfg: Config) -> None:
+    if cfg.phases not in ("offline", "online", "all"):
+        raise ValueError(f"--phases must be offline, online or all, got {cfg.phases!r}")
+    if cfg.phases == "online" and not (cfg.resume and cfg.run_dir):
+        raise ValueError("--phases online continues an existing run: pass --resume RUN_DIR")
     if cfg.policy not in ("diffusion", "gaussian-ensemble"):
         raise ValueError(f"--policy must be 'diffusion' or 'gaussian-ensemble', got {cfg.policy!r}")
     if cfg.pretrain.denoiser not in ("mlp", "unet"):

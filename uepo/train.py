@@ -4,10 +4,10 @@
 
 A → IQL critics, B → multi-seed diffusion pretraining (or ``--policy gaussian-ensemble``),
 C → dynamics with diffusion augmentation, D → BPPO + AM-Q + selection; then deterministic
-episodes of each raw μ^i and of the selected policy in the dataset's env. The online phase (E)
-is not run here. The run directory gets config.yaml, metrics.csv + TensorBoard events,
-checkpoints/ (resumable: rerun with ``--run_dir DIR --resume``), summary.json and
-checkpoints/offline.pt (docs/CONTRACTS.md).
+episodes of each raw μ^i and of the selected policy in the dataset's env; then E → online PPO
+fine-tuning (``--phases offline|online|all``). The run directory gets config.yaml, metrics.csv +
+TensorBoard events, checkpoints/ (resumable: ``--resume RUN_DIR``), plots/*.png, summary.json,
+checkpoints/offline.pt (docs/CONTRACTS.md) and checkpoints/online.pt.
 """
 
 from __future__ import annotations
@@ -28,12 +28,15 @@ from uepo.phases import PhaseContext
 from uepo.phases.critics import train_critics
 from uepo.phases.dynamics import train_dynamics
 from uepo.phases.improve import improve
+from uepo.phases.online import run_online
 from uepo.phases.pretrain import pretrain
+from uepo.plots import make_plots
 from uepo.runs import NonFiniteLossError, Run, seed_everything
 
 PHASES_RUN = ["A critics (IQL)", "B multi-seed pretraining", "C dynamics + augmentation",
               "D improvement + selection", "evaluation"]
-PHASES_NOT_RUN = ["E online fine-tuning (not part of uepo.train's offline pipeline)"]
+PHASE_ONLINE = "E online fine-tuning"
+ALL_PHASES = [*PHASES_RUN, PHASE_ONLINE]
 EVAL_SEED_OFFSET = 100_000  # evaluation episodes start from seeds disjoint from training
 
 
@@ -62,7 +65,7 @@ def check_resume(cfg: Config, root: Path) -> None:
     if not saved_path.exists():
         raise FileNotFoundError(f"--resume: {saved_path} does not exist; pass the run_dir of an earlier run")
     saved, current = load_yaml(saved_path), to_dict(cfg)
-    ignore = {"resume", "run_dir", "out"}
+    ignore = {"resume", "run_dir", "out", "phases"}
     diffs = []
     for key, value in current.items():
         if key in ignore:
@@ -95,47 +98,9 @@ def evaluate_all(ctx: PhaseContext, policy, selected: int) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_args(argv)
-    except ValueError as exc:  # unknown preset or field, wrong type: say which
-        print(f"uepo.train: {exc}", file=sys.stderr)
-        return 2
-    torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    try:
-        data: OfflineData = load_offline_data(cfg.dataset, cfg.download, cfg.data.action_clip)
-    except DatasetError as exc:
-        print(f"uepo.train: {exc}", file=sys.stderr)
-        return 2
-
-    root = run_directory(cfg)
-    if cfg.resume:
-        try:
-            check_resume(cfg, root)
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"uepo.train: {exc}", file=sys.stderr)
-            return 2
-    elif (root / "config.yaml").exists():
-        print(f"uepo.train: {root} already holds a run; pass --resume to continue it or choose another "
-              "--run_dir", file=sys.stderr)
-        return 2
-    run = Run(root, resume=cfg.resume)
-    save_yaml(cfg, root / "config.yaml")
-    run.update_summary(
-        dataset=data.provenance, env_id=data.env_id, preset=cfg.preset, seed=cfg.seed, policy=cfg.policy,
-        command=" ".join(["python -m uepo.train", *(argv if argv is not None else sys.argv[1:])]),
-        provenance={"git_commit": git_commit(), "torch": torch.__version__,
-                    "python": platform.python_version(),
-                    "kernel_backend": ops.backend(cfg.device), "threads": cfg.threads,
-                    "machine": platform.machine()},
-        phases_run=[], phases_not_run=PHASES_NOT_RUN,
-        scores_note="local/Minari data: scores are not comparable with D4RL-v2 tables",
-    )
-    print(f"uepo.train: run directory {root}; dataset {data.dataset_id} ({data.size} steps, "
-          f"env {data.env_id}); kernel backend {ops.backend(cfg.device)}", file=sys.stderr)
-    ctx = PhaseContext(run, cfg, data, torch.device(cfg.device))
-    done: list[str] = []
+def run_offline(ctx: PhaseContext, done: list[str]) -> int:
+    """Phases A–D, the offline artefact checkpoints/offline.pt, and the offline evaluation."""
+    run, cfg, data = ctx.run, ctx.cfg, ctx.data
     try:
         with run.timer("A_critics"):
             critics = train_critics(ctx)
@@ -184,15 +149,93 @@ def main(argv: list[str] | None = None) -> int:
                        dynamics=dynamics.metrics)
     for r in evals.get("raw", []) + ([evals["selected"]] if "selected" in evals else []):
         print(r["label"], file=sys.stderr)
+    return 0
+
+
+def run_online_phase(ctx: PhaseContext, done: list[str]) -> int:
+    """Phase E from checkpoints/offline.pt (resumes from checkpoints/online.pt when present)."""
+    run, cfg, data = ctx.run, ctx.cfg, ctx.data
+    offline = run.load_checkpoint("offline")
+    if offline is None:
+        print(f"uepo.train: {run.checkpoints / 'offline.pt'} does not exist: run the offline phases first "
+              "(--phases offline or all)", file=sys.stderr)
+        return 2
+    try:
+        summary = run_online(run, cfg.online, offline, seed=cfg.seed, env=data.env_spec or offline["env_id"])
+    except NonFiniteLossError as exc:
+        run.update_summary(phases_run=done, error=str(exc))
+        print(f"uepo.train: stopped: {exc}", file=sys.stderr)
+        return 3
+    done.append(PHASE_ONLINE)
+    run.update_summary(phases_run=done)
+    if summary["score_final"] is not None:
+        print(f"{data.dataset_id} [{summary['env_id']}] online: normalised score "
+              f"{summary['score_start']:.1f} -> {summary['score_final']:.1f} after "
+              f"{summary['env_steps']} env steps ({cfg.online.eval_episodes} episodes)", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(argv)
+    except ValueError as exc:  # unknown preset or field, wrong type: say which
+        print(f"uepo.train: {exc}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    try:
+        data: OfflineData = load_offline_data(cfg.dataset, cfg.download, cfg.data.action_clip)
+    except DatasetError as exc:
+        print(f"uepo.train: {exc}", file=sys.stderr)
+        return 2
+
+    root = run_directory(cfg)
+    if cfg.resume:
+        try:
+            check_resume(cfg, root)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"uepo.train: {exc}", file=sys.stderr)
+            return 2
+    elif (root / "config.yaml").exists():
+        print(f"uepo.train: {root} already holds a run; pass --resume to continue it or choose another "
+              "--run_dir", file=sys.stderr)
+        return 2
+    run = Run(root, resume=cfg.resume)
+    # --phases online adds to the phases an earlier invocation ran
+    done: list[str] = [p for p in run.read_summary().get("phases_run", []) if p != PHASE_ONLINE] \
+        if cfg.phases == "online" else []
+    save_yaml(cfg, root / "config.yaml")
+    run.update_summary(
+        dataset=data.provenance, env_id=data.env_id, preset=cfg.preset, seed=cfg.seed, policy=cfg.policy,
+        command=" ".join(["python -m uepo.train", *(argv if argv is not None else sys.argv[1:])]),
+        provenance={"git_commit": git_commit(), "torch": torch.__version__,
+                    "python": platform.python_version(),
+                    "kernel_backend": ops.backend(cfg.device), "threads": cfg.threads,
+                    "machine": platform.machine()},
+        phases_run=done,
+        scores_note="local/Minari data: scores are not comparable with D4RL-v2 tables",
+    )
+    print(f"uepo.train: run directory {root}; dataset {data.dataset_id} ({data.size} steps, "
+          f"env {data.env_id}); kernel backend {ops.backend(cfg.device)}", file=sys.stderr)
+    ctx = PhaseContext(run, cfg, data, torch.device(cfg.device))
+    if cfg.phases in ("offline", "all"):
+        code = run_offline(ctx, done)
+        if code:
+            return code
+    if cfg.phases in ("online", "all"):
+        code = run_online_phase(ctx, done)
+        if code:
+            return code
     timings = run.read_summary().get("timings_s", {})
     print("uepo.train: wall time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
           file=sys.stderr)
-    from uepo.plots import make_plots
-
-    make_plots(root)
-    print(f"uepo.train: ran {', '.join(done)}. Not run: {', '.join(PHASES_NOT_RUN)}.", file=sys.stderr)
-    print(f"uepo.train: offline artefact {run.checkpoints / 'offline.pt'}; summary {root / 'summary.json'}",
+    written = make_plots(root)
+    not_run = [p for p in ALL_PHASES if p not in done]
+    run.update_summary(phases_run=done, phases_not_run=not_run)
+    print(f"uepo.train: ran {', '.join(done)}" + (f". Not run: {', '.join(not_run)}." if not_run else "."),
           file=sys.stderr)
+    print(f"uepo.train: results in {root}: summary.json, metrics.csv, checkpoints/ "
+          f"({len(written)} plots in {root / 'plots'})", file=sys.stderr)
     run.close()
     return 0
 

@@ -145,7 +145,7 @@ class OnlineConfig:
 @dataclass
 class Config:
     dataset: str = f(DEFAULT_DATASET_ID, "Minari dataset id (default: the small Hopper set shipped)")
-    preset: str = f("bench", "budget preset: smoke, bench (CPU) or paper (SPEC §4, a GPU job)")
+    preset: str = f("quick", "budget preset: quick (default, ~10 min), smoke (CI), bench (CPU) or paper (SPEC §4)")
     seed: int = f(0, "run seed (python, numpy, torch)")
     out: str = f("runs", "parent folder of run directories (runs/<dataset>/<time>-<seed>)")
     run_dir: str = f("", "exact run directory (overrides out); reuse one with --resume")
@@ -181,6 +181,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "improve": {"steps": 2000, "ope_every": 500, "ope_states": 64, "std_warmup_steps": 500,
                     "eval_episodes": 5},
         "online": {"env_steps": 50_000, "eval_every": 5000, "eval_episodes": 5},
+    },
+    # The default: the whole pipeline (A–E) on the shipped Hopper subset in about 10 min on 2
+    # CPU cores, to see every phase work and every artefact appear. Budgets ~1/4 of bench.
+    "quick": {
+        "critics": {"steps": 6_000, "layers": 2, "log_every": 250, "checkpoint_every": 2000},
+        "pretrain": {"steps": 2_500, "lr": 3e-4, "warmup_steps": 200, "kl_batch": 32, "kl_every": 4,
+                     "tau_states": 1024, "log_every": 100, "checkpoint_every": 1000},
+        "dynamics": {"max_epochs": 6, "max_updates_per_epoch": 100, "augment_ratio": 1.0,
+                     "patience": 3, "checkpoint_every": 2},
+        "improve": {"steps": 400, "ope_every": 200, "ope_states": 32, "std_warmup_steps": 200,
+                    "eval_episodes": 3},
+        "online": {"env_steps": 8192, "eval_every": 4096, "eval_episodes": 3},
     },
     "smoke": {  # seconds: CI and the end-to-end test
         "critics": {"steps": 60, "batch_size": 64, "hidden": 32, "layers": 2, "log_every": 20,

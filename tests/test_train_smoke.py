@@ -126,3 +126,42 @@ def test_phases_offline_then_online_with_resume_run_dir(tiny_hopper, tmp_path, c
                  "--preset", "smoke", "--seed", "3"]) == 0
     s = json.loads((run_dir / "summary.json").read_text())
     assert len(s["phases_run"]) == 6 and s["online"]["score_final"] is not None
+
+
+def test_reuse_from_equals_training_again(smoke_run, tiny_hopper, tmp_path):
+    """An ablation started from the main run's phases ends exactly where training them again does."""
+    ablation = ("--no-augmentation", "--phases", "offline")
+    assert smoke(tiny_hopper, tmp_path / "reused", *ablation, "--reuse_from", str(smoke_run)) == 0
+    assert smoke(tiny_hopper, tmp_path / "fresh", *ablation) == 0
+    s = json.loads((tmp_path / "reused" / "summary.json").read_text())
+    assert s["reused"]["checkpoints"] == ["critics", "pretrain", "dynamics_T0"]
+    assert set(s["reused"]["timings_s"]) == {"A_critics", "B_pretrain"}
+    a = torch.load(tmp_path / "reused" / "checkpoints" / "offline.pt", weights_only=False)
+    b = torch.load(tmp_path / "fresh" / "checkpoints" / "offline.pt", weights_only=False)
+    for k, v in a["policy"]["state_dict"].items():
+        assert torch.equal(v, b["policy"]["state_dict"][k]), k
+    assert a["selected"] == b["selected"]
+
+    def rows(run):  # metrics.csv without the time column
+        return [r[1:] for r in csv.reader(open(tmp_path / run / "metrics.csv"))]
+    assert sorted(rows("reused")) == sorted(rows("fresh"))
+
+
+def test_reuse_from_copies_only_phases_whose_inputs_match(smoke_run, tiny_hopper):
+    from uepo.config import parse_args
+    from uepo.reuse import reusable_phases
+
+    def reusable(*flags):
+        cfg = parse_args(["--dataset", tiny_hopper, "--preset", "smoke", "--seed", "3", *flags])
+        return [e.checkpoint for e in reusable_phases(cfg, smoke_run, None)]
+
+    assert reusable() == ["critics", "pretrain", "dynamics_T0", "dynamics"]
+    assert reusable("--critics.steps", "30") == ["pretrain", "dynamics_T0", "dynamics"]
+    assert reusable("--no-divergence") == ["critics"]  # B changes, and C reads B through the augmentation
+    assert reusable("--policy", "gaussian-ensemble") == ["critics"]
+    assert reusable("--improve.steps", "7") == ["critics", "pretrain", "dynamics_T0", "dynamics"]
+    assert reusable("--seed", "4") == []
+    assert reusable("--dataset", tiny_hopper, "--seed", "3", "--no-augmentation") == \
+        ["critics", "pretrain", "dynamics_T0"]
+    with pytest.raises(FileNotFoundError, match="--reuse_from"):
+        reusable_phases(parse_args(["--preset", "smoke"]), smoke_run / "nowhere", None)

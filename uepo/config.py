@@ -150,6 +150,7 @@ class Config:
     out: str = f("runs", "parent folder of run directories (runs/<dataset>/<time>-<seed>)")
     run_dir: str = f("", "exact run directory (overrides out); reuse one with --resume")
     resume: bool = f(False, "continue the run in run_dir from its checkpoints")
+    reuse_from: str = f("", "copy the finished phases of this earlier run whose inputs match (ablations)")
     phases: str = f("all", "which phases run: offline (A–D + evaluation), online (E) or all")
     policy: str = f("diffusion", "diffusion (UEPO) or gaussian-ensemble (Uni-O4 BC ensemble)")
     download: bool = f(False, "let Minari download a dataset that is not found locally")
@@ -336,11 +337,9 @@ def build_parser(prog: str = "python -m uepo.train") -> argparse.ArgumentParser:
     return parser
 
 
-_groups: dict[int, dict[str, argparse._ArgumentGroup]] = {}
-
-
 def _group(parser: argparse.ArgumentParser, sec: str) -> argparse._ArgumentGroup:
-    groups = _groups.setdefault(id(parser), {})
+    # kept on the parser itself: a cache keyed by id(parser) hands a new parser a dead one's groups
+    groups = parser.__dict__.setdefault("_uepo_groups", {})
     if sec not in groups:
         groups[sec] = parser.add_argument_group(f"{sec} ({type(getattr(Config(), sec)).__name__})")
     return groups[sec]

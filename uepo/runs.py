@@ -124,6 +124,13 @@ class Run:
                 self._tb.add_scalar(f"{phase}/{key}", value, int(step))
         self._metrics_file.flush()
 
+    def log_row(self, row: list[str]) -> None:
+        """Append a metrics.csv row of another run (time, phase, step, key, value) as it was logged."""
+        self._csv.writerow(row)
+        if self._tb is not None:
+            self._tb.add_scalar(f"{row[1]}/{row[3]}", float(row[4]), int(row[2]))
+        self._metrics_file.flush()
+
     def drop_metrics(self, phase: str, after_step: int = -1, key_prefix: str = "") -> None:
         """Remove ``phase``'s metrics.csv rows with step > ``after_step`` (and key starting with
         ``key_prefix``): a phase resuming from a checkpoint logs those steps again, so the file ends

@@ -7,7 +7,8 @@ C → dynamics with diffusion augmentation, D → BPPO + AM-Q + selection; then 
 episodes of each raw μ^i and of the selected policy in the dataset's env; then E → online PPO
 fine-tuning (``--phases offline|online|all``). The run directory gets config.yaml, metrics.csv +
 TensorBoard events, checkpoints/ (resumable: ``--resume RUN_DIR``), plots/*.png, summary.json,
-checkpoints/offline.pt (docs/CONTRACTS.md) and checkpoints/online.pt.
+checkpoints/offline.pt (docs/CONTRACTS.md) and checkpoints/online.pt. Ablations can start from
+the main run's finished phases with ``--reuse_from RUN_DIR`` (uepo/reuse.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from uepo.phases.improve import improve
 from uepo.phases.online import run_online
 from uepo.phases.pretrain import pretrain
 from uepo.plots import make_plots
+from uepo.reuse import reuse_phases
 from uepo.runs import NonFiniteLossError, Run, seed_everything
 
 PHASES_RUN = ["A critics (IQL)", "B multi-seed pretraining", "C dynamics + augmentation",
@@ -217,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"uepo.train: run directory {root}; dataset {data.dataset_id} ({data.size} steps, "
           f"env {data.env_id}); kernel backend {ops.backend(cfg.device)}", file=sys.stderr)
+    if cfg.reuse_from and not cfg.resume and cfg.phases != "online":
+        try:
+            reused = reuse_phases(cfg, Path(cfg.reuse_from), run, data.provenance.get("content_sha256"))
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"uepo.train: {exc}", file=sys.stderr)
+            return 2
+        print(f"uepo.train: reused from {cfg.reuse_from} (same inputs, so the same result): "
+              f"{', '.join(reused) or 'nothing'}", file=sys.stderr)
     ctx = PhaseContext(run, cfg, data, torch.device(cfg.device))
     if cfg.phases in ("offline", "all"):
         code = run_offline(ctx, done)

@@ -128,14 +128,18 @@ def test_phases_offline_then_online_with_resume_run_dir(tiny_hopper, tmp_path, c
     assert len(s["phases_run"]) == 6 and s["online"]["score_final"] is not None
 
 
-def test_reuse_from_equals_training_again(smoke_run, tiny_hopper, tmp_path):
+@pytest.mark.parametrize("flag, reused, timings", [
+    ("--no-augmentation", ["critics", "pretrain", "dynamics_T0"], {"A_critics", "B_pretrain"}),
+    ("--no-divergence", ["critics", "dynamics_T0"], {"A_critics"}),
+])
+def test_reuse_from_equals_training_again(smoke_run, tiny_hopper, tmp_path, flag, reused, timings):
     """An ablation started from the main run's phases ends exactly where training them again does."""
-    ablation = ("--no-augmentation", "--phases", "offline")
+    ablation = (flag, "--phases", "offline")
     assert smoke(tiny_hopper, tmp_path / "reused", *ablation, "--reuse_from", str(smoke_run)) == 0
     assert smoke(tiny_hopper, tmp_path / "fresh", *ablation) == 0
     s = json.loads((tmp_path / "reused" / "summary.json").read_text())
-    assert s["reused"]["checkpoints"] == ["critics", "pretrain", "dynamics_T0"]
-    assert set(s["reused"]["timings_s"]) == {"A_critics", "B_pretrain"}
+    assert s["reused"]["checkpoints"] == reused
+    assert set(s["reused"]["timings_s"]) == timings
     a = torch.load(tmp_path / "reused" / "checkpoints" / "offline.pt", weights_only=False)
     b = torch.load(tmp_path / "fresh" / "checkpoints" / "offline.pt", weights_only=False)
     for k, v in a["policy"]["state_dict"].items():
@@ -157,8 +161,9 @@ def test_reuse_from_copies_only_phases_whose_inputs_match(smoke_run, tiny_hopper
 
     assert reusable() == ["critics", "pretrain", "dynamics_T0", "dynamics"]
     assert reusable("--critics.steps", "30") == ["pretrain", "dynamics_T0", "dynamics"]
-    assert reusable("--no-divergence") == ["critics"]  # B changes, and C reads B through the augmentation
-    assert reusable("--policy", "gaussian-ensemble") == ["critics"]
+    assert reusable("--no-divergence") == ["critics", "dynamics_T0"]  # C reads B through the augmentation
+    assert reusable("--policy", "gaussian-ensemble") == ["critics", "dynamics_T0"]
+    assert reusable("--dynamics.augment_ratio", "0.3") == ["critics", "pretrain", "dynamics_T0"]
     assert reusable("--improve.steps", "7") == ["critics", "pretrain", "dynamics_T0", "dynamics"]
     assert reusable("--seed", "4") == []
     assert reusable("--dataset", tiny_hopper, "--seed", "3", "--no-augmentation") == \

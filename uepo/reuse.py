@@ -36,7 +36,8 @@ class Reusable:
     timing: str = ""  # summary timings_s key of the source run
 
 
-# In pipeline order; a later entry is only copied when every entry it reads from matches too.
+# In pipeline order. T̂0 (fit on real data only) is the first half of phase C: its checkpoint holds
+# the generator and RNG state after the fit, so the augmentation and refit continue exactly.
 REUSABLE = (
     Reusable("critics", TOP, ("data", "critics"), metric_phase="critics", timing="A_critics"),
     Reusable("pretrain", (*TOP, "policy"), ("data", "pretrain"), metric_phase="pretrain", timing="B_pretrain"),
@@ -76,9 +77,6 @@ def reusable_phases(cfg: Config, source: Path, dataset_hash: str | None) -> list
         if (source / "checkpoints" / f"{entry.checkpoint}.pt").exists() and \
                 _depends_on(entry, saved) == _depends_on(entry, current):
             matches.append(entry)
-    if cfg.dynamics.augmentation:  # T̂0 alone is only worth copying when the augmentation is off
-        matches = [m for m in matches if m.checkpoint != "dynamics_T0" or
-                   any(x.checkpoint == "dynamics" for x in matches)]
     return matches
 
 

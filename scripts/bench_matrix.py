@@ -1,0 +1,195 @@
+"""Run the issue-3 comparison matrix (datasets × seeds × variants, offline phases) and tabulate it.
+
+    python scripts/bench_matrix.py run --datasets local/hopper/medium-v0 local/hopper/medium-replay-v0 \
+        --seeds 0 1 2 --workers 2
+    python scripts/bench_matrix.py report > table.md
+
+Runs go to ``<out>/<dataset>/<variant>-s<seed>`` (``uepo.train --run_dir``), one process per worker,
+one torch thread each. Each variant starts from its seed's ``main`` run with ``--reuse_from``, so
+it retrains only the phases its flag changes (uepo/reuse.py); a variant therefore waits for its
+main run. A run that stopped is resumed; a finished one is skipped. A run directory holding a
+``RUNNING`` file with a live pid is being run by another process and is waited for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+VARIANTS = {
+    "main": [],
+    "gaussian-ensemble": ["--policy", "gaussian-ensemble"],
+    "no-augmentation": ["--no-augmentation"],
+    "no-seq-kl": ["--no-seq-kl"],
+    "no-divergence": ["--no-divergence"],
+}
+PHASE_KEYS = ["A_critics", "B_pretrain", "C_dynamics", "D_improve", "evaluation"]
+
+
+@dataclass
+class Job:
+    dataset: str
+    seed: int
+    variant: str
+    out: Path
+    preset: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / self.dataset / f"{self.variant}-s{self.seed}"
+
+    @property
+    def main_dir(self) -> Path:
+        return self.out / self.dataset / f"main-s{self.seed}"
+
+    def summary(self) -> dict:
+        path = self.run_dir / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def finished(self) -> bool:
+        return self.summary().get("scores", {}).get("selected") is not None
+
+    def running_elsewhere(self) -> bool:
+        pid_file = self.run_dir / "RUNNING"
+        if not pid_file.exists():
+            return False
+        try:
+            os.kill(int(pid_file.read_text().strip()), 0)
+        except (ValueError, ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def ready(self) -> bool:
+        return self.variant == "main" or Job(self.dataset, self.seed, "main", self.out, self.preset).finished()
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "uepo.train", "--dataset", self.dataset, "--preset", self.preset,
+               "--seed", str(self.seed), "--phases", "offline", "--run_dir", str(self.run_dir),
+               *VARIANTS[self.variant]]
+        if (self.run_dir / "config.yaml").exists():
+            cmd.append("--resume")
+        elif self.variant != "main":
+            cmd += ["--reuse_from", str(self.main_dir)]
+        return cmd
+
+
+def run_matrix(jobs: list[Job], workers: int) -> int:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive", HF_HUB_OFFLINE="1")
+    pending = [j for j in jobs if not j.finished()]
+    active: list[tuple[Job, subprocess.Popen, float]] = []
+    failed = 0
+    while pending or active:
+        for job, proc, start in list(active):
+            if proc.poll() is not None:
+                active.remove((job, proc, start))
+                (job.run_dir / "RUNNING").unlink(missing_ok=True)
+                ok = proc.returncode == 0 and job.finished()
+                failed += not ok
+                print(f"[{time.strftime('%H:%M:%S')}] {'done' if ok else 'FAILED'} {job.run_dir} "
+                      f"({time.time() - start:.0f} s, exit {proc.returncode})", flush=True)
+        elsewhere = [j for j in pending if j.running_elsewhere()]  # they hold a core too
+        startable = [j for j in pending if j.ready() and j not in elsewhere]
+        while startable and len(active) + len(elsewhere) < workers:
+            job = startable.pop(0)
+            pending.remove(job)
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            log = open(job.run_dir.with_suffix(".log"), "a")  # noqa: SIM115 (closed with the process)
+            proc = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+            (job.run_dir / "RUNNING").write_text(str(proc.pid))
+            active.append((job, proc, time.time()))
+            print(f"[{time.strftime('%H:%M:%S')}] start {job.run_dir}: {' '.join(job.command()[1:])}", flush=True)
+        if pending and not active and not any(j.running_elsewhere() for j in jobs):
+            blocked = [str(j.run_dir) for j in pending]
+            print(f"cannot start (their main run failed or is missing): {blocked}", file=sys.stderr)
+            return 1
+        time.sleep(5)
+    return 1 if failed else 0
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.1f} (1 seed)"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def phase_time(summary: dict, key: str) -> tuple[float | None, bool]:
+    """Seconds of a phase and whether they were spent in the main run (phase reused)."""
+    reused = summary.get("reused", {}).get("timings_s", {})
+    if key in reused:
+        return reused[key], True
+    return summary.get("timings_s", {}).get(key), False
+
+
+def report(jobs: list[Job]) -> str:
+    lines = []
+    for dataset in dict.fromkeys(j.dataset for j in jobs):
+        ds_jobs = [j for j in jobs if j.dataset == dataset]
+        seeds = sorted({j.seed for j in ds_jobs})
+        main = [j.summary() for j in ds_jobs if j.variant == "main" and j.finished()]
+        lines += [f"### {dataset}", "", "| policy | " + " | ".join(f"seed {s}" for s in seeds)
+                  + " | mean ± std over seeds |", "|---|" + "---|" * (len(seeds) + 1)]
+        if main:
+            ds = main[0]["scores"]["dataset_episodes"]
+            lines.append(f"| dataset's own episodes | " + " | ".join(f"{ds:.1f}" for _ in seeds) + f" | {ds:.1f} |")
+        n_raw = max((len(m["scores"]["raw"]) for m in main), default=0)
+        for i in range(n_raw):
+            vals = {j.seed: j.summary()["scores"]["raw"][i] for j in ds_jobs if j.variant == "main" and j.finished()}
+            lines.append(f"| raw μ{i} (main) | " + " | ".join(f"{vals[s]:.1f}" if s in vals else "—" for s in seeds)
+                         + f" | {mean_std(list(vals.values()))} |")
+        for variant in VARIANTS:
+            vals = {j.seed: j.summary()["scores"]["selected"] for j in ds_jobs if j.variant == variant and j.finished()}
+            if not vals:
+                continue
+            name = "**selected (UEPO)**" if variant == "main" else f"selected, {variant}"
+            lines.append(f"| {name} | " + " | ".join(f"{vals[s]:.1f}" if s in vals else "—" for s in seeds)
+                         + f" | {mean_std(list(vals.values()))} |")
+        lines += ["", "Wall time per phase, seconds, mean over the finished seeds (in brackets: reused "
+                  "from the main run, i.e. measured there):", "",
+                  "| variant | seeds | " + " | ".join(PHASE_KEYS) + " | total |", "|---|---|" + "---|" * 6]
+        for variant in VARIANTS:
+            sums = [j.summary() for j in ds_jobs if j.variant == variant and j.finished()]
+            if not sums:
+                continue
+            cells, total = [], 0.0
+            for key in PHASE_KEYS:
+                times = [phase_time(s, key) for s in sums]
+                vals = [t for t, _ in times if t is not None]
+                avg = statistics.mean(vals) if vals else 0.0
+                reused = all(r for _, r in times)
+                total += 0.0 if reused else avg
+                cells.append(f"({avg:.0f})" if reused else f"{avg:.0f}")
+            lines.append(f"| {variant} | {len(sums)} | " + " | ".join(cells) + f" | {total:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["run", "report"])
+    parser.add_argument("--datasets", nargs="+", default=["local/hopper/medium-v0", "local/hopper/medium-replay-v0"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--preset", default="bench")
+    parser.add_argument("--out", type=Path, default=Path("runs"))
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time (one CPU core each)")
+    args = parser.parse_args()
+    # order: every main run first, then variant by variant, seed by seed, dataset by dataset
+    variants = ["main"] + [v for v in args.variants if v != "main"]
+    jobs = [Job(d, s, v, args.out, args.preset) for v in variants for s in args.seeds for d in args.datasets]
+    if args.action == "report":
+        print(report(jobs))
+        return 0
+    return run_matrix(jobs, args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -139,7 +139,7 @@ def report(jobs: list[Job]) -> str:
                   + " | mean ± std over seeds |", "|---|" + "---|" * (len(seeds) + 1)]
         if main:
             ds = main[0]["scores"]["dataset_episodes"]
-            lines.append(f"| dataset's own episodes | " + " | ".join(f"{ds:.1f}" for _ in seeds) + f" | {ds:.1f} |")
+            lines.append("| dataset's own episodes | " + " | ".join(f"{ds:.1f}" for _ in seeds) + f" | {ds:.1f} |")
         n_raw = max((len(m["scores"]["raw"]) for m in main), default=0)
         for i in range(n_raw):
             vals = {j.seed: j.summary()["scores"]["raw"][i] for j in ds_jobs if j.variant == "main" and j.finished()}

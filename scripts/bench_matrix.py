@@ -138,13 +138,9 @@ def report(jobs: list[Job]) -> str:
         lines += [f"### {dataset}", "", "| policy | " + " | ".join(f"seed {s}" for s in seeds)
                   + " | mean ± std over seeds |", "|---|" + "---|" * (len(seeds) + 1)]
         if main:
-            ds = main[0]["scores"]["dataset_episodes"]
-            lines.append("| dataset's own episodes | " + " | ".join(f"{ds:.1f}" for _ in seeds) + f" | {ds:.1f} |")
-        n_raw = max((len(m["scores"]["raw"]) for m in main), default=0)
-        for i in range(n_raw):
-            vals = {j.seed: j.summary()["scores"]["raw"][i] for j in ds_jobs if j.variant == "main" and j.finished()}
-            lines.append(f"| raw μ{i} (main) | " + " | ".join(f"{vals[s]:.1f}" if s in vals else "—" for s in seeds)
-                         + f" | {mean_std(list(vals.values()))} |")
+            ds, ds_std = main[0]["scores"]["dataset_episodes"], main[0]["scores"].get("dataset_episodes_std")
+            spread = f"{ds:.1f} ± {ds_std:.1f} over episodes" if ds_std is not None else f"{ds:.1f}"
+            lines.append("| dataset's own episodes | " + " | ".join(f"{ds:.1f}" for _ in seeds) + f" | {spread} |")
         for variant in VARIANTS:
             vals = {j.seed: j.summary()["scores"]["selected"] for j in ds_jobs if j.variant == variant and j.finished()}
             if not vals:
@@ -152,9 +148,22 @@ def report(jobs: list[Job]) -> str:
             name = "**selected (UEPO)**" if variant == "main" else f"selected, {variant}"
             lines.append(f"| {name} | " + " | ".join(f"{vals[s]:.1f}" if s in vals else "—" for s in seeds)
                          + f" | {mean_std(list(vals.values()))} |")
+        lines += ["", "Raw sub-policies (μⁱ without head or BPPO; for gaussian-ensemble, the BC members): "
+                  "all n scores per seed; over seeds, mean ± std of the per-seed mean and of the per-seed best:",
+                  "", "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean of μⁱ | best μⁱ |",
+                  "|---|" + "---|" * (len(seeds) + 2)]
+        for variant in VARIANTS:
+            raws = {j.seed: j.summary()["scores"]["raw"] for j in ds_jobs if j.variant == variant and j.finished()}
+            if not raws:
+                continue
+            cells = [" / ".join(f"{x:.1f}" for x in raws[s]) if s in raws else "—" for s in seeds]
+            means = [statistics.mean(r) for r in raws.values() if r]
+            bests = [max(r) for r in raws.values() if r]
+            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean_std(means)} | {mean_std(bests)} |")
         lines += ["", "Wall time per phase, seconds, mean over the finished seeds (in brackets: reused "
                   "from the main run, i.e. measured there):", "",
-                  "| variant | seeds | " + " | ".join(PHASE_KEYS) + " | total |", "|---|---|" + "---|" * 6]
+                  "| variant | seeds | " + " | ".join(PHASE_KEYS) + " | total spent | checkpoints reused |",
+                  "|---|---|" + "---|" * 7]
         for variant in VARIANTS:
             sums = [j.summary() for j in ds_jobs if j.variant == variant and j.finished()]
             if not sums:
@@ -167,7 +176,8 @@ def report(jobs: list[Job]) -> str:
                 reused = all(r for _, r in times)
                 total += 0.0 if reused else avg
                 cells.append(f"({avg:.0f})" if reused else f"{avg:.0f}")
-            lines.append(f"| {variant} | {len(sums)} | " + " | ".join(cells) + f" | {total:.0f} |")
+            reused = ", ".join(sums[0].get("reused", {}).get("checkpoints", [])) or "—"
+            lines.append(f"| {variant} | {len(sums)} | " + " | ".join(cells) + f" | {total:.0f} | {reused} |")
         lines.append("")
     return "\n".join(lines)
 

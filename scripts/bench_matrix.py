@@ -95,6 +95,8 @@ def run_matrix(jobs: list[Job], workers: int) -> int:
                 print(f"[{time.strftime('%H:%M:%S')}] {'done' if ok else 'FAILED'} {job.run_dir} "
                       f"({time.time() - start:.0f} s, exit {proc.returncode})", flush=True)
         elsewhere = [j for j in pending if j.running_elsewhere()]  # they hold a core too
+        for job in [j for j in pending if j not in elsewhere and j.finished()]:  # finished elsewhere
+            pending.remove(job)
         startable = [j for j in pending if j.ready() and j not in elsewhere]
         while startable and len(active) + len(elsewhere) < workers:
             job = startable.pop(0)

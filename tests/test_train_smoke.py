@@ -170,3 +170,21 @@ def test_reuse_from_copies_only_phases_whose_inputs_match(smoke_run, tiny_hopper
         ["critics", "pretrain", "dynamics_T0"]
     with pytest.raises(FileNotFoundError, match="--reuse_from"):
         reusable_phases(parse_args(["--preset", "smoke"]), smoke_run / "nowhere", None)
+
+
+def test_resume_accepts_a_run_from_before_a_field_existed(smoke_run, tiny_hopper, tmp_path):
+    """A config field added after a run started, left at its default, does not block --resume."""
+    import shutil
+
+    from uepo.config import parse_args
+    from uepo.train import check_resume
+
+    old = tmp_path / "old"
+    shutil.copytree(smoke_run, old)
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    del saved["reuse_from"]
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    flags = ["--dataset", tiny_hopper, "--preset", "smoke", "--seed", "3", "--resume", str(old)]
+    check_resume(parse_args(flags), old)
+    with pytest.raises(ValueError, match="reuse_from"):
+        check_resume(parse_args([*flags, "--reuse_from", "elsewhere"]), old)

@@ -68,10 +68,11 @@ def check_resume(cfg: Config, root: Path) -> None:
         raise FileNotFoundError(f"--resume: {saved_path} does not exist; pass the run_dir of an earlier run")
     saved, current = load_yaml(saved_path), to_dict(cfg)
     ignore = {"resume", "run_dir", "out", "phases"}
+    defaults = to_dict(Config())
     diffs = []
     for key, value in current.items():
-        if key in ignore:
-            continue
+        if key in ignore or (key not in saved and value == defaults.get(key)):
+            continue  # a field added after the run started, left at its default
         if isinstance(value, dict):
             diffs += [f"{key}.{k}: {saved.get(key, {}).get(k)!r} -> {v!r}" for k, v in value.items()
                       if saved.get(key, {}).get(k) != v]

@@ -14,6 +14,7 @@ main run. A run that stopped is resumed; a finished one is skipped. A run direct
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -131,6 +132,17 @@ def phase_time(summary: dict, key: str) -> tuple[float | None, bool]:
     return summary.get("timings_s", {}).get(key), False
 
 
+def t0_fit_seconds(source: Path) -> float | None:
+    """Wall time of the T̂0 fit in ``source``, from metrics.csv: end of phase B to T̂0's last epoch row."""
+    path = source / "metrics.csv"
+    if not path.exists():
+        return None
+    rows = list(csv.reader(open(path, newline="")))[1:]
+    b_end = [float(r[0]) for r in rows if r[1] == "pretrain"]
+    t0 = [float(r[0]) for r in rows if r[1] == "dynamics" and r[3] == "T0_holdout_mse"]
+    return t0[-1] - b_end[-1] if b_end and t0 else None
+
+
 def report(jobs: list[Job]) -> str:
     lines = []
     for dataset in dict.fromkeys(j.dataset for j in jobs):
@@ -162,8 +174,9 @@ def report(jobs: list[Job]) -> str:
             means = [statistics.mean(r) for r in raws.values() if r]
             bests = [max(r) for r in raws.values() if r]
             lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean_std(means)} | {mean_std(bests)} |")
-        lines += ["", "Wall time per phase, seconds, mean over the finished seeds (in brackets: reused "
-                  "from the main run, i.e. measured there):", "",
+        lines += ["", "Wall time per phase, seconds, mean over the finished seeds. In brackets: reused "
+                  "from the main run, i.e. measured there (T̂0: the fit on real data, the first part of C, "
+                  "timed from the main run's metrics.csv); total spent counts this run's own work:", "",
                   "| variant | seeds | " + " | ".join(PHASE_KEYS) + " | total spent | checkpoints reused |",
                   "|---|---|" + "---|" * 7]
         for variant in VARIANTS:
@@ -177,7 +190,12 @@ def report(jobs: list[Job]) -> str:
                 avg = statistics.mean(vals) if vals else 0.0
                 reused = all(r for _, r in times)
                 total += 0.0 if reused else avg
-                cells.append(f"({avg:.0f})" if reused else f"{avg:.0f}")
+                cell = f"({avg:.0f})" if reused else f"{avg:.0f}"
+                if key == "C_dynamics" and "dynamics_T0" in sums[0].get("reused", {}).get("checkpoints", []):
+                    t0 = [t0_fit_seconds(Path(s["reused"]["from"])) for s in sums]
+                    t0 = [t for t in t0 if t is not None]
+                    cell += f" + ({statistics.mean(t0):.0f} T̂0)" if t0 else " + (T̂0)"
+                cells.append(cell)
             reused = ", ".join(sums[0].get("reused", {}).get("checkpoints", [])) or "—"
             lines.append(f"| {variant} | {len(sums)} | " + " | ".join(cells) + f" | {total:.0f} | {reused} |")
         lines.append("")

@@ -27,7 +27,7 @@ train: install
 	$(RUN_ENV) $(BIN)/python -m uepo.train
 
 lint: install
-	$(BIN)/ruff check uepo tests benchmarks
+	$(BIN)/ruff check uepo tests benchmarks scripts
 
 test: install lint
 	$(RUN_ENV) $(BIN)/python -m pytest -q

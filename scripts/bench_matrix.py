@@ -103,11 +103,12 @@ def run_matrix(jobs: list[Job], workers: int) -> int:
             job = startable.pop(0)
             pending.remove(job)
             job.run_dir.mkdir(parents=True, exist_ok=True)
-            log = open(job.run_dir.with_suffix(".log"), "a")  # noqa: SIM115 (closed with the process)
-            proc = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+            cmd = job.command()
+            with open(job.run_dir.with_suffix(".log"), "a") as log:  # the child keeps its own handle
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             (job.run_dir / "RUNNING").write_text(str(proc.pid))
             active.append((job, proc, time.time()))
-            print(f"[{time.strftime('%H:%M:%S')}] start {job.run_dir}: {' '.join(job.command()[1:])}", flush=True)
+            print(f"[{time.strftime('%H:%M:%S')}] start {job.run_dir}: {' '.join(cmd[1:])}", flush=True)
         if pending and not active and not any(j.running_elsewhere() for j in jobs):
             blocked = [str(j.run_dir) for j in pending]
             print(f"cannot start (their main run failed or is missing): {blocked}", file=sys.stderr)

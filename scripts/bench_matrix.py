@@ -138,7 +138,8 @@ def t0_fit_seconds(source: Path) -> float | None:
     path = source / "metrics.csv"
     if not path.exists():
         return None
-    rows = list(csv.reader(open(path, newline="")))[1:]
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
     b_end = [float(r[0]) for r in rows if r[1] == "pretrain"]
     t0 = [float(r[0]) for r in rows if r[1] == "dynamics" and r[3] == "T0_holdout_mse"]
     return t0[-1] - b_end[-1] if b_end and t0 else None

@@ -87,10 +87,8 @@ def _copy_metrics(run: Run, source: Path, entries: list[Reusable]) -> None:
     with open(src, newline="") as f:
         rows = list(csv.reader(f))[1:]
     # a partial phase re-logs its step-0 summary rows itself after loading the checkpoint
-    wanted = [r for r in rows for e in entries if r[1] == e.metric_phase and
-              (not e.metric_prefix or (r[3].startswith(e.metric_prefix) and int(r[2]) > 0))]
-    for r in wanted:
-        run.log_row(r)
+    run.log_rows([r for r in rows for e in entries if r[1] == e.metric_phase and
+                  (not e.metric_prefix or (r[3].startswith(e.metric_prefix) and int(r[2]) > 0))])
 
 
 def reuse_phases(cfg: Config, source: Path, run: Run, dataset_hash: str | None) -> list[str]:

@@ -116,19 +116,17 @@ class Run:
 
     # -- metrics -------------------------------------------------------------------------------
     def log(self, phase: str, step: int, **metrics: float) -> None:
-        now = time.time()
-        for key, value in metrics.items():
-            value = float(value.item() if isinstance(value, Tensor) else value)
-            self._csv.writerow([f"{now:.3f}", phase, int(step), key, repr(value)])
-            if self._tb is not None:
-                self._tb.add_scalar(f"{phase}/{key}", value, int(step))
-        self._metrics_file.flush()
+        now = f"{time.time():.3f}"
+        self.log_rows([[now, phase, int(step), key, repr(float(v.item() if isinstance(v, Tensor) else v))]
+                       for key, v in metrics.items()])
 
-    def log_row(self, row: list[str]) -> None:
-        """Append a metrics.csv row of another run (time, phase, step, key, value) as it was logged."""
-        self._csv.writerow(row)
-        if self._tb is not None:
-            self._tb.add_scalar(f"{row[1]}/{row[3]}", float(row[4]), int(row[2]))
+    def log_rows(self, rows: list[list]) -> None:
+        """Append metrics.csv rows (time, phase, step, key, value), also to TensorBoard; rows of
+        another run keep the time they were logged at."""
+        for row in rows:
+            self._csv.writerow(row)
+            if self._tb is not None:
+                self._tb.add_scalar(f"{row[1]}/{row[3]}", float(row[4]), int(row[2]))
         self._metrics_file.flush()
 
     def drop_metrics(self, phase: str, after_step: int = -1, key_prefix: str = "") -> None:

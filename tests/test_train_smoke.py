@@ -183,8 +183,11 @@ def test_resume_accepts_a_run_from_before_a_field_existed(smoke_run, tiny_hopper
     shutil.copytree(smoke_run, old)
     saved = yaml.safe_load((old / "config.yaml").read_text())
     del saved["reuse_from"]
+    del saved["dynamics"]["augment_batch"]  # the same inside a section
     (old / "config.yaml").write_text(yaml.safe_dump(saved))
     flags = ["--dataset", tiny_hopper, "--preset", "smoke", "--seed", "3", "--resume", str(old)]
     check_resume(parse_args(flags), old)
     with pytest.raises(ValueError, match="reuse_from"):
         check_resume(parse_args([*flags, "--reuse_from", "elsewhere"]), old)
+    with pytest.raises(ValueError, match="dynamics.augment_batch"):
+        check_resume(parse_args([*flags, "--augment_batch", "7"]), old)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from uepo import ops
-from uepo.config import Config, load_yaml, parse_args, save_yaml, to_dict
+from uepo.config import Config, load_yaml, parse_args, preset, save_yaml, to_dict
 from uepo.data import DatasetError, OfflineData, load_offline_data
 from uepo.evaluate import evaluate_policy
 from uepo.phases import PhaseContext
@@ -68,16 +68,24 @@ def check_resume(cfg: Config, root: Path) -> None:
         raise FileNotFoundError(f"--resume: {saved_path} does not exist; pass the run_dir of an earlier run")
     saved, current = load_yaml(saved_path), to_dict(cfg)
     ignore = {"resume", "run_dir", "out", "phases"}
-    defaults = to_dict(Config())
+    defaults = to_dict(preset(cfg.preset))  # what a field the run predates would have been
     diffs = []
+
+    def compare(label: str, saved_value: object, value: object, default: object, present: bool) -> None:
+        if not present and value == default:
+            return  # a field added after the run started, left at its preset's value
+        if saved_value != value:
+            diffs.append(f"{label}: {saved_value!r} -> {value!r}")
+
     for key, value in current.items():
-        if key in ignore or (key not in saved and value == defaults.get(key)):
-            continue  # a field added after the run started, left at its default
-        if isinstance(value, dict):
-            diffs += [f"{key}.{k}: {saved.get(key, {}).get(k)!r} -> {v!r}" for k, v in value.items()
-                      if saved.get(key, {}).get(k) != v]
-        elif saved.get(key) != value:
-            diffs.append(f"{key}: {saved.get(key)!r} -> {value!r}")
+        if key in ignore:
+            continue
+        if isinstance(value, dict):  # a config section: the same rule field by field
+            section = saved.get(key, {})
+            for k, v in value.items():
+                compare(f"{key}.{k}", section.get(k), v, defaults[key].get(k), k in section)
+        else:
+            compare(key, saved.get(key), value, defaults.get(key), key in saved)
     if diffs:
         raise ValueError("--resume with a different config than the run started with: " + "; ".join(diffs)
                          + ". Resume with the same flags, or start a new run")

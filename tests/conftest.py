@@ -74,6 +74,24 @@ def tiny_hopper(minari_root) -> str:
     return make_dataset("test/hopper/tiny-v0", steps=400, seed=0, max_episode_steps=60)
 
 
+def smooth_random_policy(action_dim: int, smoothing: float = 0.8):
+    """Correlated random actions (a random gait): behaviour data for robots without a controller here."""
+    state = {"a": np.zeros(action_dim)}
+
+    def act(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        state["a"] = smoothing * state["a"] + (1 - smoothing) * rng.uniform(-1, 1, action_dim) * 2
+        return np.clip(state["a"], -1, 1).astype(np.float32)
+    return act
+
+
+@pytest.fixture(scope="session")
+def tiny_cheetah(minari_root) -> str:
+    """~1200 steps of HalfCheetah-v5 (a robot that never terminates), episodes truncated at 200 steps."""
+    return make_dataset("test/halfcheetah/tiny-v0", env_id="HalfCheetah-v5", steps=1200, seed=0,
+                        max_episode_steps=200, ref_scores=(-280.178953, 12135.0),
+                        policy=smooth_random_policy(6))
+
+
 @pytest.fixture(scope="session")
 def shipped_hopper() -> str:
     """The 60-episode Hopper set shipped with uepo (real medium data, ~19k steps)."""

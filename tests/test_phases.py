@@ -22,7 +22,7 @@ from uepo.nets import ResidualGaussianHead
 from uepo.phases import PhaseContext
 from uepo.phases.critics import train_critics
 from uepo.phases.dynamics import ensemble_disagreement, termination_fn, train_dynamics
-from uepo.phases.improve import am_q, head_act_fn, improve, raw_act_fn
+from uepo.phases.improve import Support, am_q, head_act_fn, improve, raw_act_fn
 from uepo.phases.pretrain import calibrate_tau, pretrain, sequence_kl
 from uepo.policy import MultiSeedPolicy
 from uepo.runs import NonFiniteLossError, Run, seed_everything
@@ -112,23 +112,28 @@ def test_amq_ranks_the_bc_policy_above_random_actions(pipeline, tmp_path):
     def random_actions(hist):
         return torch.rand(hist.shape[0], data.action_dim, generator=gen) * 2 - 1
 
-    args = (pipeline["dynamics"], pipeline["critics"], starts, 40, data.normalize)
+    support = Support.of(data, pipeline["dynamics"], pipeline["critics"], 0.99, 0.1, 1.0)
+    args = (pipeline["dynamics"], pipeline["critics"], starts, 40, data.normalize, support)
     bc = am_q(raw_act_fn(bc_policy, 0), *args)
     rnd = am_q(random_actions, *args)
-    assert bc > 1.05 * rnd, (bc, rnd)
+    assert bc.plausible and rnd.plausible
+    assert bc.value > 1.05 * rnd.value, (bc, rnd)
 
 
-def test_selected_policy_scores_at_least_the_best_raw_subpolicy(pipeline):
+def test_improvement_accepts_only_better_plausible_amq_and_selects_its_argmax(pipeline):
     imp, data = pipeline["improved"], pipeline["data"]
-    assert imp.amq_best[imp.selected] >= max(imp.amq_raw)
+    assert imp.selection["method"] == "amq" and all(imp.selection["amq_plausible"])
+    assert all(b >= r for b, r in zip(imp.amq_best, imp.amq_raw, strict=True))  # accepted only when higher
     assert imp.selected == int(np.argmax(imp.amq_best))
     # the returned heads are the accepted ones: re-scoring the selected policy reproduces its Ĵ
-    cfg = pipeline["cfg"].improve
+    cfg = pipeline["cfg"]
     ope_idx = pipeline["ctx"].run.load_checkpoint("improve_cache")["ope_idx"]
     starts = data.histories(ope_idx, imp.policy.history)
+    support = Support.of(data, pipeline["dynamics"], pipeline["critics"], cfg.critics.gamma,
+                         cfg.improve.ope_state_margin, cfg.improve.ope_support_quantile)
     j = am_q(head_act_fn(imp.policy, imp.policy.heads[imp.selected], imp.selected), pipeline["dynamics"],
-             pipeline["critics"], starts, cfg.ope_horizon, data.normalize)
-    assert j == pytest.approx(imp.amq_best[imp.selected], rel=1e-5)
+             pipeline["critics"], starts, cfg.improve.ope_horizon, data.normalize, support)
+    assert j.value == pytest.approx(imp.amq_best[imp.selected], rel=1e-5)
 
 
 # ---- the pieces ----------------------------------------------------------------------------------

@@ -55,7 +55,11 @@ def test_summary_has_scores_timings_and_provenance(smoke_run, tiny_hopper):
     assert s["dataset"]["dataset_id"] == tiny_hopper and len(s["dataset"]["content_sha256"]) == 64
     scores = s["scores"]
     assert len(scores["raw"]) == 4 and scores["selected"] is not None and "not comparable" in scores["label"]
-    assert scores["amq_selected_candidates"][scores["selected_index"]] >= max(scores["amq_raw"])
+    assert len(scores["improved"]) == 4 and scores["selected"] == scores["improved"][scores["selected_index"]]
+    report = scores["selection_report"]
+    assert report["regret"] == pytest.approx(max(scores["raw"] + scores["improved"]) - scores["selected"])
+    assert report["regret"] >= 0 and "amq_rank_correlation" in report and scores["selection_method"] == "amq"
+    assert s["warnings"] == [] and scores["nearest_divergence"] > 0
     for key in ("T0_holdout_nll", "T_holdout_nll", "keep_rate"):
         assert key in s["dynamics"]
 

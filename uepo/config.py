@@ -58,6 +58,10 @@ class PretrainConfig:
     sampling_steps: int = f(10, "K_s: DDIM sampling steps")
     sampler: str = f("ddim", "sub-policy solver: ddim (K_s steps, fused kernel) or ddpm (all K steps, PyTorch)")
     num_seeds: int = f(4, "n: sub-policies (fixed seeds, or Gaussian BC members)")
+    seed_temperature: float = f(1.0, "t: sub-policy i's initial noise ε_i ~ N(0, t²I) (1: a full prior draw)")
+    first_action_weight: float = f(1.0, "loss weight of the chunk's first (executed) action vs. each later step")
+    start_fraction: float = f(0.0, "share of each batch drawn from the first start_steps steps of episodes")
+    start_steps: int = f(25, "an episode's first steps that start_fraction oversamples")
     base_seed: int = f(-1, "seed of sub-policy 0's noise generator; -1: 1000 * run seed")
     denoiser: str = f("mlp", "denoiser network: mlp (fused kernel) or unet (paper's U-Net, PyTorch path)")
     width: int = f(256, "denoiser / BC width")
@@ -115,8 +119,17 @@ class ImproveConfig:
     ope_every: int = f(1000, "E_ope: BPPO steps between AM-Q evaluations")
     ope_states: int = f(256, "dataset start states of each AM-Q rollout")
     ope_horizon: int = f(0, "H_ope: AM-Q rollout length; 0: 200 locomotion, 20 Adroit")
+    ope_support_quantile: float = f(1.0, "a rollout row stops where T̂ disagrees more than this quantile of "
+                                         "its disagreement on real hold-out pairs (1: their maximum)")
+    ope_state_margin: float = f(0.1, "predicted states are clipped to the data's range widened by this share")
+    selection: str = f("amq", "amq (offline: argmax AM-Q) or amq-topk-online (Uni-O4: top-k by AM-Q, then real "
+                              "episodes; peeks at the env)")
+    select_topk: int = f(2, "amq-topk-online: sub-policies that get real episodes")
+    select_episodes: int = f(3, "amq-topk-online: real episodes per candidate (seeds disjoint from evaluation)")
     eval_episodes: int = f(10, "real-env episodes per policy in the final evaluation (0: skip)")
     eval_raw: bool = f(True, "also evaluate each raw μ^i in the real env")
+    eval_improved: bool = f(True, "also evaluate every improved sub-policy (selection regret, AM-Q rank "
+                                  "correlation)")
 
 
 @dataclass
@@ -385,6 +398,10 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--denoiser must be 'mlp' or 'unet', got {cfg.pretrain.denoiser!r}")
     if cfg.pretrain.seq_kl_form not in ("closed", "data"):
         raise ValueError(f"--seq_kl_form must be 'closed' or 'data', got {cfg.pretrain.seq_kl_form!r}")
+    if cfg.improve.selection not in ("amq", "amq-topk-online"):
+        raise ValueError(f"--selection must be amq or amq-topk-online, got {cfg.improve.selection!r}")
+    if not 0 < cfg.improve.ope_support_quantile <= 1:
+        raise ValueError("--ope_support_quantile must be in (0, 1]")
     if cfg.pretrain.sampler not in ("ddim", "ddpm"):
         raise ValueError(f"--sampler must be 'ddim' or 'ddpm', got {cfg.pretrain.sampler!r}")
     if cfg.device != "cpu":
@@ -392,6 +409,14 @@ def validate(cfg: Config) -> None:
                          "kernels have CUDA builds, the training loops do not move data yet); use --device cpu")
     if cfg.data.horizon < 3:
         raise ValueError("--horizon must be >= 3 (the divergence uses accelerations)")
+    if cfg.pretrain.seed_temperature < 0:
+        raise ValueError("--seed_temperature must be >= 0")
+    if cfg.pretrain.first_action_weight <= 0:
+        raise ValueError("--first_action_weight must be > 0")
+    if not 0 <= cfg.pretrain.start_fraction <= 1:
+        raise ValueError("--start_fraction must be in [0, 1]")
+    if cfg.pretrain.start_steps < 1:
+        raise ValueError("--start_steps must be >= 1")
     if cfg.pretrain.num_seeds < 1:
         raise ValueError("--num_seeds must be >= 1")
     if cfg.dynamics.elites > cfg.dynamics.ensemble:

@@ -66,12 +66,19 @@ class SeedBank:
     @classmethod
     def draw(cls, num_seeds: int, sampling_steps: int, horizon: int, action_dim: int,
              base_seed: int, dtype: torch.dtype = torch.float32,
-             device: torch.device | str = "cpu") -> SeedBank:
-        """Sub-policy i draws from a generator seeded base_seed + i, once."""
+             device: torch.device | str = "cpu", temperature: float = 1.0) -> SeedBank:
+        """Sub-policy i draws from a generator seeded base_seed + i, once.
+
+        ``temperature`` t scales the initial noise, ε_i ~ N(0, t² I): one full-variance draw
+        commits a deterministic policy to the same far-out quantile at every state, a smaller t
+        keeps it nearer the action distribution's bulk (the directions z^i are not scaled).
+        """
+        if not temperature >= 0:
+            raise ValueError(f"seed temperature must be >= 0, got {temperature}")
         noise, perturb = [], []
         for i in range(num_seeds):
             g = torch.Generator().manual_seed(base_seed + i)
-            noise.append(torch.randn(horizon, action_dim, generator=g, dtype=torch.float64))
+            noise.append(temperature * torch.randn(horizon, action_dim, generator=g, dtype=torch.float64))
             perturb.append(torch.randn(sampling_steps, horizon, action_dim, generator=g, dtype=torch.float64))
         return cls(torch.stack(noise).to(device, dtype), torch.stack(perturb).to(device, dtype), base_seed)
 
@@ -128,12 +135,12 @@ DDPM_NOISE_SEED_OFFSET = 1_000_003  # the step-noise generator of seed i is base
 
 
 def ddpm_step_noise(num_seeds: int, num_steps: int, horizon: int, action_dim: int, base_seed: int,
-                    dtype: torch.dtype = torch.float32) -> Tensor:
-    """Fixed ancestral noise w^i_k per seed and step, (n, K, H, d_a)."""
+                    dtype: torch.dtype = torch.float32, temperature: float = 1.0) -> Tensor:
+    """Fixed ancestral noise w^i_k per seed and step, (n, K, H, d_a), scaled like ε_i by ``temperature``."""
     out = []
     for i in range(num_seeds):
         g = torch.Generator().manual_seed(base_seed + i + DDPM_NOISE_SEED_OFFSET)
-        out.append(torch.randn(num_steps, horizon, action_dim, generator=g, dtype=torch.float64))
+        out.append(temperature * torch.randn(num_steps, horizon, action_dim, generator=g, dtype=torch.float64))
     return torch.stack(out).to(dtype)
 
 

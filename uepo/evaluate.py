@@ -86,6 +86,50 @@ def evaluate_policy(
     return result
 
 
+def rank_correlation(x: list[float], y: list[float]) -> float | None:
+    """Spearman's ρ (average ranks for ties); None with fewer than 2 values or a constant side."""
+    if len(x) != len(y):
+        raise ValueError(f"rank_correlation needs equal lengths, got {len(x)} and {len(y)}")
+    if len(x) < 2 or not all(np.isfinite(x)) or not all(np.isfinite(y)):
+        return None
+
+    def ranks(v: list[float]) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        order = v.argsort(kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=np.float64)
+        for value in np.unique(v):  # ties share their mean rank
+            r[v == value] = r[v == value].mean()
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def selection_report(selected: int, amq_raw: list[float], amq_best: list[float], raw: list[float] | None,
+                     improved: list[float] | None) -> dict:
+    """How well did AM-Q select, measured with real-env scores of every candidate.
+
+    regret = (best real score over raw and improved sub-policies) − (selected policy's real score);
+    the rank correlations compare AM-Q with the real scores over sub-policies.
+    """
+    out: dict = {"selected_index": selected}
+    if improved is not None:
+        chosen = improved[selected]
+        best_pool = improved + (raw or [])
+        out.update(regret=max(best_pool) - chosen, regret_vs_improved=max(improved) - chosen,
+                   best_improved_index=int(np.argmax(improved)),
+                   amq_picks_best_improved=bool(int(np.argmax(improved)) == selected),
+                   amq_rank_correlation=rank_correlation(amq_best, improved))
+        if raw is not None:
+            out["regret_vs_raw"] = max(raw) - chosen
+    if raw is not None:
+        out["amq_raw_rank_correlation"] = rank_correlation(amq_raw, raw)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line: python -m uepo.evaluate CHECKPOINT [--episodes N] [--video PATH]
 # ---------------------------------------------------------------------------------------------

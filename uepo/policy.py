@@ -63,12 +63,15 @@ class MultiSeedPolicy(nn.Module):
             # DDPM visits all K timesteps; DDIM the K_s evenly spaced ones
             solver_steps = c["diffusion_steps"] if self.sampler == "ddpm" else c["sampling_steps"]
             self.steps = self.schedule.ddim(solver_steps)
-            bank = SeedBank.draw(self.num_seeds, solver_steps, self.horizon, self.action_dim, c["base_seed"])
+            self.seed_temperature = float(c.get("seed_temperature", 1.0))  # 1.0: checkpoints that predate it
+            bank = SeedBank.draw(self.num_seeds, solver_steps, self.horizon, self.action_dim, c["base_seed"],
+                                 temperature=self.seed_temperature)
             self.register_buffer("seed_noise", bank.noise)
             self.register_buffer("seed_perturb", bank.perturb)
             if self.sampler == "ddpm":
                 self.register_buffer("ddpm_noise", ddpm_step_noise(self.num_seeds, solver_steps, self.horizon,
-                                                                   self.action_dim, c["base_seed"]))
+                                                                   self.action_dim, c["base_seed"],
+                                                                   temperature=self.seed_temperature))
             elif self.sampler != "ddim":
                 raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {self.sampler!r}")
 
@@ -156,7 +159,7 @@ def policy_config(kind: str, obs_dim: int, action_dim: int, history: int, horizo
                   denoiser: str = "mlp", width: int = 256, num_blocks: int = 3, time_dim: int = 32,
                   diffusion_steps: int = 100, sampling_steps: int = 10, base_seed: int = 0,
                   eta: float = 0.1, tau: float = 0.0, head_hidden: int = 256, head_layers: int = 3,
-                  sampler: str = "ddim") -> dict:
+                  sampler: str = "ddim", seed_temperature: float = 1.0) -> dict:
     """The config dict a ``MultiSeedPolicy`` is built from (saved inside every checkpoint)."""
     if kind not in ("diffusion", "gaussian-ensemble"):
         raise ValueError(f"policy kind must be 'diffusion' or 'gaussian-ensemble', got {kind!r}")
@@ -164,4 +167,5 @@ def policy_config(kind: str, obs_dim: int, action_dim: int, history: int, horizo
                 horizon=horizon if kind == "diffusion" else 1, num_seeds=num_seeds, denoiser=denoiser,
                 width=width, num_blocks=num_blocks, time_dim=time_dim, diffusion_steps=diffusion_steps,
                 sampling_steps=sampling_steps, base_seed=base_seed, eta=eta, tau=tau,
-                head_hidden=head_hidden, head_layers=head_layers, sampler=sampler)
+                head_hidden=head_hidden, head_layers=head_layers, sampler=sampler,
+                seed_temperature=seed_temperature)

@@ -24,11 +24,11 @@ import torch
 from uepo import ops
 from uepo.config import Config, load_yaml, parse_args, preset, save_yaml, to_dict
 from uepo.data import DatasetError, OfflineData, load_offline_data
-from uepo.evaluate import evaluate_policy
+from uepo.evaluate import evaluate_policy, selection_report
 from uepo.phases import PhaseContext
 from uepo.phases.critics import train_critics
 from uepo.phases.dynamics import train_dynamics
-from uepo.phases.improve import improve
+from uepo.phases.improve import Improved, improve
 from uepo.phases.online import run_online
 from uepo.phases.pretrain import pretrain
 from uepo.plots import make_plots
@@ -40,6 +40,7 @@ PHASES_RUN = ["A critics (IQL)", "B multi-seed pretraining", "C dynamics + augme
 PHASE_ONLINE = "E online fine-tuning"
 ALL_PHASES = [*PHASES_RUN, PHASE_ONLINE]
 EVAL_SEED_OFFSET = 100_000  # evaluation episodes start from seeds disjoint from training
+SELECT_SEED_OFFSET = 200_000  # --selection amq-topk-online's episodes: disjoint from the evaluation's
 
 
 def git_commit() -> str | None:
@@ -91,22 +92,68 @@ def check_resume(cfg: Config, root: Path) -> None:
                          + ". Resume with the same flags, or start a new run")
 
 
-def evaluate_all(ctx: PhaseContext, policy, selected: int) -> dict:
-    cfg, data = ctx.cfg.improve, ctx.data
-    results: dict = {}
-    if cfg.eval_episodes <= 0:
-        return results
+def _episode_settings(ctx: PhaseContext, episodes: int, seed_offset: int) -> dict:
+    data = ctx.data
     if data.env_spec is None:
         raise DatasetError(f"dataset {data.dataset_id} records no environment, so it cannot be evaluated; "
                            "set --improve.eval_episodes 0")
-    common = dict(episodes=cfg.eval_episodes, seed=ctx.cfg.seed * 1000 + EVAL_SEED_OFFSET,
-                  dataset_id=data.dataset_id, ref_min_score=data.ref_min_score,
-                  ref_max_score=data.ref_max_score)
+    return dict(episodes=episodes, seed=ctx.cfg.seed * 1000 + seed_offset, dataset_id=data.dataset_id,
+                ref_min_score=data.ref_min_score, ref_max_score=data.ref_max_score)
+
+
+def evaluate_all(ctx: PhaseContext, policy, selected: int) -> dict:
+    """Real-env episodes of each raw μ^i, each improved sub-policy and the selected one (one of those)."""
+    cfg, env = ctx.cfg.improve, ctx.data.env_spec
+    results: dict = {}
+    if cfg.eval_episodes <= 0:
+        return results
+    common = _episode_settings(ctx, cfg.eval_episodes, EVAL_SEED_OFFSET)
     if cfg.eval_raw:
-        results["raw"] = [evaluate_policy(policy, data.env_spec, i, raw=True, **common)
-                          for i in range(policy.num_seeds)]
-    results["selected"] = evaluate_policy(policy, data.env_spec, selected, **common)
+        results["raw"] = [evaluate_policy(policy, env, i, raw=True, **common) for i in range(policy.num_seeds)]
+    if cfg.eval_improved:
+        results["improved"] = [evaluate_policy(policy, env, i, **common) for i in range(policy.num_seeds)]
+        results["selected"] = results["improved"][selected]  # the same deterministic episodes
+    else:
+        results["selected"] = evaluate_policy(policy, env, selected, **common)
     return results
+
+
+def select_with_episodes(ctx: PhaseContext, improved: Improved) -> None:
+    """Uni-O4's variant (``--selection amq-topk-online``): the top-k plausible sub-policies by AM-Q each
+    play a few real episodes (seeds disjoint from the evaluation's) and the best mean return wins."""
+    cfg = ctx.cfg.improve
+    ok = improved.selection.get("amq_plausible", [True] * len(improved.amq_best))
+    ranked = sorted((i for i in range(len(improved.amq_best)) if ok[i]), key=lambda i: -improved.amq_best[i])
+    candidates = ranked[:cfg.select_topk] or [improved.selected]
+    common = _episode_settings(ctx, cfg.select_episodes, SELECT_SEED_OFFSET)
+    returns = {i: evaluate_policy(improved.policy, ctx.data.env_spec, i, **common)["return_mean"]
+               for i in candidates}
+    improved.selected = max(candidates, key=lambda i: returns[i])
+    improved.selection.update(selected=improved.selected, method="amq-topk-online", candidates=candidates,
+                              candidate_returns=[returns[i] for i in candidates],
+                              note="peeks at the real env: not a purely offline selection")
+
+
+def selection_table(scores: dict, selection: dict, episodes: int) -> str:
+    """The run's last lines: every candidate's real score and AM-Q beside the dataset's own score."""
+    def fmt(v: float | None, spec: str = ".1f") -> str:
+        return "—" if v is None else format(v, spec)
+
+    raw, improved = scores.get("raw") or [], scores.get("improved") or []
+    n = len(scores["amq_raw"])
+    lines = [f"{'':<22}{'real score':>11}{'AM-Q':>11}",
+             f"{'dataset own episodes':<22}{fmt(scores.get('dataset_episodes')):>11}"]
+    for i in range(n):
+        mark = " <- selected" if i == scores["selected_index"] else ""
+        lines.append(f"{f'raw μ^{i}':<22}{fmt(raw[i] if raw else None):>11}{fmt(scores['amq_raw'][i], '.4g'):>11}")
+        lines.append(f"{f'improved {i}':<22}{fmt(improved[i] if improved else None):>11}"
+                     f"{fmt(scores['amq_selected_candidates'][i], '.4g'):>11}{mark}")
+    report = scores.get("selection_report", {})
+    lines.append(f"selected sub-policy {scores['selected_index']} ({selection.get('method', 'amq')}): "
+                 f"{fmt(scores.get('selected'))} over {episodes} episodes; regret {fmt(report.get('regret'))}, "
+                 f"AM-Q rank correlation {fmt(report.get('amq_rank_correlation'), '.2f')} "
+                 f"(raw {fmt(report.get('amq_raw_rank_correlation'), '.2f')})")
+    return "\n".join(lines)
 
 
 def run_offline(ctx: PhaseContext, done: list[str]) -> int:
@@ -124,6 +171,8 @@ def run_offline(ctx: PhaseContext, done: list[str]) -> int:
         done.append(PHASES_RUN[2])
         with run.timer("D_improve"):
             improved = improve(ctx, pre.policy, critics, dynamics)
+            if cfg.improve.selection == "amq-topk-online":
+                select_with_episodes(ctx, improved)
         done.append(PHASES_RUN[3])
     except NonFiniteLossError as exc:
         run.update_summary(phases_run=done, error=str(exc))
@@ -146,20 +195,34 @@ def run_offline(ctx: PhaseContext, done: list[str]) -> int:
     with run.timer("evaluation"):
         evals = evaluate_all(ctx, improved.policy, improved.selected)
     done.append(PHASES_RUN[4])
+    raw = [r["score_mean"] for r in evals["raw"]] if "raw" in evals else None
+    improved_scores = [r["score_mean"] for r in evals["improved"]] if "improved" in evals else None
     scores = {
         "label": f"{data.dataset_id} (local/Minari data; not comparable with D4RL-v2)",
         "dataset_episodes": data.provenance.get("episode_score_mean"),
         "dataset_episodes_std": data.provenance.get("episode_score_std"),
         "selected_index": improved.selected,
+        "selection_method": improved.selection.get("method", "amq"),
         "amq_raw": improved.amq_raw,
         "amq_selected_candidates": improved.amq_best,
-        "raw": [r["score_mean"] for r in evals.get("raw", [])],
+        "amq_plausible": improved.selection.get("amq_plausible"),
+        "raw": raw or [],
+        "improved": improved_scores,
         "selected": evals.get("selected", {}).get("score_mean"),
+        "nearest_divergence": pre.metrics.get("sub_policy_divergence"),
     }
+    if evals and None not in (raw or []) + (improved_scores or []):
+        scores["selection_report"] = selection_report(improved.selected, improved.amq_raw, improved.amq_best,
+                                                      raw, improved_scores)
+    warnings = improved.selection.get("warnings", [])
     run.update_summary(scores=scores, evaluation=evals, phases_run=done, pretrain=pre.metrics,
-                       dynamics=dynamics.metrics)
-    for r in evals.get("raw", []) + ([evals["selected"]] if "selected" in evals else []):
-        print(r["label"], file=sys.stderr)
+                       dynamics=dynamics.metrics, selection=improved.selection, warnings=warnings)
+    if evals:
+        print(f"uepo.train: {data.dataset_id} [{data.env_id}], normalised scores (local data: not comparable "
+              "with D4RL tables)\n" + selection_table(scores, improved.selection, cfg.improve.eval_episodes),
+              file=sys.stderr)
+    for message in warnings:
+        print(f"uepo.train: WARNING: {message}", file=sys.stderr)
     return 0
 
 

@@ -44,6 +44,25 @@ def sample_indices(size: int, batch: int, generator: torch.Generator) -> torch.T
     return torch.randint(0, size, (batch,), generator=generator)
 
 
+class BatchSampler:
+    """Uniform dataset indices, with a share ``start_fraction`` of each batch drawn from the first
+    ``start_steps`` steps of episodes: those states are rare (one episode in a few hundred steps) and
+    decide where the rest of an episode goes. ``start_fraction = 0`` is exactly ``sample_indices``."""
+
+    def __init__(self, data: OfflineData, start_fraction: float = 0.0, start_steps: int = 25):
+        self.size, self.start_fraction = data.size, start_fraction
+        step_in_episode = torch.arange(data.size) - data.episode_start
+        self.start_pool = torch.nonzero(step_in_episode < start_steps).squeeze(1)
+
+    def __call__(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        idx = sample_indices(self.size, batch, generator)
+        k = round(self.start_fraction * batch)
+        if k > 0:
+            pick = torch.randint(0, self.start_pool.shape[0], (k,), generator=generator)
+            idx[:k] = self.start_pool[pick]
+        return idx
+
+
 def optimizer_state(opts: dict[str, Any]) -> dict[str, Any]:
     return {k: v.state_dict() for k, v in opts.items()}
 

@@ -29,6 +29,7 @@ from uepo.runs import capture_rng, check_finite, restore_rng, seed_everything
 PHASE = "dynamics"
 LOGVAR_BOUND_PENALTY = 0.01  # pulls the learned log-variance bounds together (MBPO/Uni-O4)
 MAX_HOLDOUT = 5000
+SUPPORT_QUANTILES_LOGGED = (0.9, 0.99)  # of T̂'s disagreement on real hold-out pairs (AM-Q's support)
 ADROIT = ("pen", "door", "hammer", "relocate")
 
 TerminationFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (obs, action, next_obs) raw -> done (N,) bool
@@ -87,28 +88,51 @@ class Dynamics:
     model: DynamicsEnsemble  # T̂ (T̂0 when augmentation is off)
     terminal: TerminationFn
     metrics: dict
+    holdout_disagreement: Tensor | None = None  # D of T̂ on the real hold-out pairs (N_hold,), sorted
 
     @torch.no_grad()
     def step(self, obs: Tensor, action: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """Sample (next_obs, reward, done) from a random elite per row."""
-        mean, var = self.model.predict(obs, action)
+        nxt, reward, done, _ = self.step_with_disagreement(obs, action, generator)
+        return nxt, reward, done
+
+    @torch.no_grad()
+    def step_with_disagreement(self, obs: Tensor, action: Tensor,
+                               generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``step`` plus the ensemble's disagreement D at (obs, action), from the same forward pass."""
+        mean_n, logvar = self.model(obs, action)
+        mean_n, var_n = mean_n[self.model.elites], logvar[self.model.elites].exp()
+        disagreement = _disagreement(mean_n, var_n)
+        mean = mean_n * self.model.out_std + self.model.out_mean
+        var = var_n * self.model.out_std**2
         pick = torch.randint(0, mean.shape[0], (obs.shape[0],), generator=generator)
         rows = torch.arange(obs.shape[0])
         noise = torch.randn(mean.shape[1:], generator=generator)
         sample = mean[pick, rows] + var[pick, rows].sqrt() * noise
         nxt = obs + sample[:, :-1]
-        return nxt, sample[:, -1], self.terminal(obs, action, nxt)
+        return nxt, sample[:, -1], self.terminal(obs, action, nxt), disagreement
+
+    def disagreement_quantile(self, q: float) -> float:
+        """The q-quantile of T̂'s disagreement on real hold-out pairs (1: their maximum; inf when unknown)."""
+        if self.holdout_disagreement is None:
+            return math.inf
+        return float(torch.quantile(self.holdout_disagreement.double(), q))
 
 
-def ensemble_disagreement(model: DynamicsEnsemble, obs: Tensor, action: Tensor) -> Tensor:
-    """D = mean over elites of KL(N_e || moment-matched mixture), summed over output dims, (N,)."""
-    mean, logvar = model(obs, action)
-    mean, var = mean[model.elites], logvar[model.elites].exp()
+def _disagreement(mean: Tensor, var: Tensor) -> Tensor:
+    """Mean over members of KL(N_e || moment-matched mixture), summed over output dims: (E, N, d) -> (N,).
+    KL is invariant to a common affine map, so normalised and raw units give the same value."""
     mix_mean = mean.mean(0)
     mix_var = (var + mean**2).mean(0) - mix_mean**2
     mix_var = mix_var.clamp_min(1e-8)
     kl = 0.5 * (torch.log(mix_var / var) + (var + (mean - mix_mean) ** 2) / mix_var - 1).sum(-1)
     return kl.mean(0)
+
+
+def ensemble_disagreement(model: DynamicsEnsemble, obs: Tensor, action: Tensor) -> Tensor:
+    """D = mean over elites of KL(N_e || moment-matched mixture), summed over output dims, (N,)."""
+    mean, logvar = model(obs, action)
+    return _disagreement(mean[model.elites], logvar[model.elites].exp())
 
 
 @torch.no_grad()
@@ -225,7 +249,8 @@ def augment(ctx: PhaseContext, model: DynamicsEnsemble, policy: MultiSeedPolicy,
         own = policy.base_chunks_from_cond(cond)  # (B, n, H, d_a)
         if policy.kind == "diffusion":  # a fresh bank of seeds, new for every batch
             fresh_bank = SeedBank.draw(policy.num_seeds, len(policy.steps.timesteps), policy.horizon,
-                                       policy.action_dim, base_seed=10**7 + 10**4 * ctx.cfg.seed + batches)
+                                       policy.action_dim, base_seed=10**7 + 10**4 * ctx.cfg.seed + batches,
+                                       temperature=policy.seed_temperature)
             fresh, _ = multiseed_sample(policy.denoiser, cond, policy.steps, fresh_bank, policy.eta,
                                         policy.tau)
         else:  # Gaussian members: a fresh draw from a random member's Gaussian
@@ -276,24 +301,29 @@ def train_dynamics(ctx: PhaseContext, policy: MultiSeedPolicy) -> Dynamics:
     def build() -> DynamicsEnsemble:
         return DynamicsEnsemble(data.obs_dim, data.action_dim, cfg.ensemble, hidden, cfg.layers, cfg.elites)
 
-    done = run.load_checkpoint(PHASE)
-    if done is not None:
-        model = build()
-        model.load_state_dict(done["model"])
-        return Dynamics(model.eval(), terminal, done["metrics"])
-
-    seed_everything(ctx.cfg.seed * 1000 + PHASE_SEED_OFFSETS[PHASE])
-    gen = ctx.generator(PHASE)
-    perm = torch.randperm(data.size, generator=gen)
-    n_hold = min(MAX_HOLDOUT, max(1, int(cfg.holdout_fraction * data.size)))
-    hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
-
     def real(idx: Tensor) -> Transitions:
         return Transitions(data.obs[idx], data.actions[idx], data.rewards[idx], data.next_obs[idx],
                            data.terminals[idx], torch.ones(idx.shape[0]))
 
+    def finished(model: DynamicsEnsemble, metrics: dict) -> Dynamics:
+        with torch.no_grad():
+            support = ensemble_disagreement(model, holdout.obs, holdout.actions).sort().values
+        return Dynamics(model.eval(), terminal, metrics, support)
+
+    gen = ctx.generator(PHASE)
+    perm = torch.randperm(data.size, generator=gen)  # the first draw of the phase: the same split on resume
+    n_hold = min(MAX_HOLDOUT, max(1, int(cfg.holdout_fraction * data.size)))
+    hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
     real_train, holdout = real(train_idx), real(hold_idx)
     h_obs, h_act, h_tgt = holdout.inputs_targets
+
+    done = run.load_checkpoint(PHASE)
+    if done is not None:
+        model = build()
+        model.load_state_dict(done["model"])
+        return finished(model, done["metrics"])
+
+    seed_everything(ctx.cfg.seed * 1000 + PHASE_SEED_OFFSETS[PHASE])
 
     stage0 = run.load_checkpoint(f"{PHASE}_T0")
     if stage0 is None:
@@ -327,6 +357,9 @@ def train_dynamics(ctx: PhaseContext, policy: MultiSeedPolicy) -> Dynamics:
         model = fit_ensemble(ctx, "T", real_train.cat(aug), holdout, gen)
         metrics.update(T_holdout_nll=gaussian_nll_raw(model, h_obs, h_act, h_tgt),
                        T_holdout_error=holdout_error(model, h_obs, h_act, h_tgt, scale))
+    result = finished(model, metrics)
+    for q in SUPPORT_QUANTILES_LOGGED:
+        metrics[f"holdout_disagreement_q{round(100 * q)}"] = result.disagreement_quantile(q)
     run.log(PHASE, 0, **metrics)
     run.save_checkpoint(PHASE, {"model": model.state_dict(), "metrics": metrics})
-    return Dynamics(model, terminal, metrics)
+    return result

@@ -16,8 +16,10 @@ noise for every policy and evaluation), so differences between scores come from 
 from __future__ import annotations
 
 import copy
+import math
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -41,32 +43,106 @@ class Improved:
     selected: int
     amq_raw: list[float]  # Ĵ of each raw μ^i (heads at initialisation)
     amq_best: list[float]  # Ĵ of each accepted sub-policy
+    selection: dict = field(default_factory=dict)  # how i* was chosen, and every warning on the way
+
+
+@dataclass(frozen=True)
+class Support:
+    """What the data supports, for model rollouts (SPEC §3D): predicted states are clipped to the data's
+    range widened by a margin, a row stops where the ensemble disagrees more than on real pairs, and Q
+    is bounded by what a discounted return on this data can be."""
+
+    obs_low: Tensor  # (d_s,)
+    obs_high: Tensor  # (d_s,)
+    disagreement: float  # rows stop above this (inf: never)
+    q_low: float  # Q_τ is clipped to [q_low, q_high]: the range of a discounted return on this data
+    q_high: float
+    q_floor: float = 0.0  # what a row counts after it left the support: the lowest Q_τ of the data's pairs
+
+    @classmethod
+    def of(cls, data, dynamics: Dynamics, critics: Critics, gamma: float, margin: float,
+           quantile: float) -> Support:
+        lo, hi = data.obs.amin(0), data.obs.amax(0)
+        pad = margin * (hi - lo)
+        r_lo, r_hi = float(data.rewards.min()), float(data.rewards.max())
+        # a return is a discounted sum of rewards, followed by zeros after a termination
+        q_low, q_high = min(0.0, r_lo) / (1 - gamma), max(0.0, r_hi) / (1 - gamma)
+        with torch.no_grad():
+            obs_n = data.normalize(data.obs)
+            q_data = torch.cat([critics.q_value(obs_n[s:s + 8192], data.actions[s:s + 8192])
+                                for s in range(0, data.size, 8192)])
+        q_floor = min(max(float(q_data.min()), q_low), q_high)
+        return cls(lo - pad, hi + pad, dynamics.disagreement_quantile(quantile), q_low, q_high, q_floor)
+
+    @classmethod
+    def unbounded(cls, obs_dim: int) -> Support:
+        inf = torch.full((obs_dim,), math.inf)
+        return cls(-inf, inf, math.inf, -math.inf, math.inf)
+
+
+@dataclass
+class AmQ:
+    """One AM-Q evaluation: Ĵ and the numbers that say whether it can be trusted."""
+
+    value: float  # Ĵ: mean of Q_τ (clipped to the support's bounds) over the counted pairs
+    unclipped: float  # the same mean of the raw Q_τ
+    support_fraction: float  # counted pairs / (start states × horizon)
+    clip_fraction: float  # share of the counted Q_τ outside [q_low, q_high]
+    plausible: bool  # finite, and the raw mean inside [q_low, q_high]
+
+    def metrics(self, i: int) -> dict[str, float]:
+        return {f"amq_{i}": self.value, f"amq_unclipped_{i}": self.unclipped,
+                f"amq_support_{i}": self.support_fraction, f"amq_clipped_{i}": self.clip_fraction,
+                f"amq_plausible_{i}": float(self.plausible)}
 
 
 @torch.no_grad()
 def am_q(act: ActFn, dynamics: Dynamics, critics: Critics, start_histories: Tensor, horizon: int,
-         normalize: Callable[[Tensor], Tensor]) -> float:
-    """Mean Q_τ(s, a) over the pairs visited by ``act`` rolled in T̂ for ``horizon`` steps.
+         normalize: Callable[[Tensor], Tensor], support: Support | None = None) -> AmQ:
+    """Ĵ = mean Q_τ(s, a) over the pairs visited by ``act`` rolled in T̂ for ``horizon`` steps.
 
-    As in Uni-O4, the mean runs over all start states × ``horizon`` steps, a step after a predicted
-    termination counting 0, so a policy that falls early scores lower than one that keeps going.
+    As in Uni-O4 the mean runs over the visited pairs; a step after a predicted termination counts 0
+    (the return after a fall), so a policy that falls early scores lower than one that keeps going.
+    A row that leaves the support (the ensemble disagrees more than ``support.disagreement``) stops there
+    and counts ``support.q_floor``, the worst value the data shows, to the horizon: the model knows
+    nothing past that point, and a policy must not gain by going where the model cannot follow it
+    (measured: dropping those rows instead ranked a policy pinned at an action bound above the intact
+    one). Predicted states are clipped to the support's range.
     """
+    support = support or Support.unbounded(start_histories.shape[-1])
     gen = torch.Generator().manual_seed(AMQ_NOISE_SEED)
     hist = start_histories.clone()
-    alive = torch.ones(hist.shape[0], dtype=torch.bool)
-    total = 0.0
-    for _ in range(horizon):
+    rows = hist.shape[0]
+    alive = torch.ones(rows, dtype=torch.bool)  # inside the support and not terminated
+    fell_at = torch.full((rows,), -1)  # the step a row terminated at, inside the support
+    left_at = torch.full((rows,), -1)  # the step a row left the support at
+    total = total_raw = 0.0
+    inside = clipped = 0
+    for t in range(horizon):
         obs = hist[:, -1]
         action = act(hist)
-        q = critics.q_value(normalize(obs), action)
-        total += float(q[alive].sum())
-        nxt, _, done = dynamics.step(obs, action, gen)
+        nxt, _, done, disagreement = dynamics.step_with_disagreement(obs, action, gen)
+        leaving = alive & (disagreement > support.disagreement)
+        left_at = torch.where(leaving, t, left_at)
+        alive = alive & ~leaving
+        q_raw = critics.q_value(normalize(obs), action)[alive]
+        q = q_raw.clamp(support.q_low, support.q_high)
+        total, total_raw = total + float(q.sum()), total_raw + float(q_raw.sum())
+        inside, clipped = inside + int(alive.sum()), clipped + int((q != q_raw).sum())
+        fell_at = torch.where(alive & done, t, fell_at)
         alive = alive & ~done
         if not alive.any():
             break
-        nxt = torch.where(alive[:, None], nxt, obs)  # dead rows stay put (finite inputs)
+        nxt = torch.maximum(torch.minimum(nxt, support.obs_high), support.obs_low)
+        nxt = torch.where(alive[:, None], nxt, obs)  # stopped rows stay put (finite inputs)
         hist = torch.cat([hist[:, 1:], nxt[:, None]], dim=1)
-    return total / (hist.shape[0] * horizon)
+    after_falls = int((horizon - 1 - fell_at[fell_at >= 0]).sum())  # each counts 0
+    after_leaving = int((horizon - left_at[left_at >= 0]).sum())  # each counts the data's worst value
+    total, total_raw = total + support.q_floor * after_leaving, total_raw + support.q_floor * after_leaving
+    counted = inside + after_falls + after_leaving
+    value, raw = total / counted, total_raw / counted
+    plausible = math.isfinite(raw) and support.q_low <= raw <= support.q_high
+    return AmQ(value, raw, inside / (rows * horizon), clipped / max(1, inside), plausible)
 
 
 def head_act_fn(policy: MultiSeedPolicy, head: nn.Module, index: int) -> ActFn:
@@ -107,6 +183,25 @@ def warm_start_std(head: nn.Module, obs_n: Tensor, base: Tensor, actions: Tensor
     return nll.item()
 
 
+def warn(message: str) -> str:
+    """Print a warning that a person must see (the run goes on) and return it for summary.json."""
+    print(f"uepo: WARNING: {message}", file=sys.stderr)
+    return message
+
+
+def select_sub_policy(amq_best: list[float], plausible: list[bool], warm_nll: list[float]) -> dict:
+    """i* = argmax Ĵ^i over the sub-policies whose Ĵ is plausible; with none, the best imitator."""
+    candidates = [i for i in range(len(amq_best)) if plausible[i]]
+    if candidates:
+        best = max(candidates, key=lambda i: amq_best[i])
+        return {"selected": best, "method": "amq", "warnings": []}
+    best = min(range(len(warm_nll)), key=lambda i: warm_nll[i])
+    message = warn(f"no sub-policy has a plausible AM-Q (values {[round(v, 3) for v in amq_best]}): the model "
+                   f"rollouts cannot rank them, so sub-policy {best} (lowest NLL of the dataset's actions) is "
+                   "selected. Check the dynamics phase (holdout errors in metrics.csv) before trusting this run.")
+    return {"selected": best, "method": "imitation-fallback", "warnings": [message]}
+
+
 def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dynamics: Dynamics) -> Improved:
     cfg, data, run = ctx.cfg.improve, ctx.data, ctx.run
     policy = copy.deepcopy(pretrained)
@@ -114,47 +209,62 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
     done = run.load_checkpoint(PHASE)
     if done is not None:
         policy = MultiSeedPolicy.from_state(done["policy"])
-        return Improved(policy, done["selected"], done["amq_raw"], done["amq_best"])
+        return Improved(policy, done["selected"], done["amq_raw"], done["amq_best"], done.get("selection", {}))
 
     seed_everything(ctx.cfg.seed * 1000 + PHASE_SEED_OFFSETS[PHASE])
     gen = ctx.generator(PHASE)
     horizon = cfg.ope_horizon or (20 if data.robot in ADROIT else 200)
+    support = Support.of(data, dynamics, critics, ctx.cfg.critics.gamma, cfg.ope_state_margin,
+                         cfg.ope_support_quantile)
     obs_n = data.normalize(data.obs)
     for p in policy.denoiser.parameters():
         p.requires_grad_(False)
 
+    def evaluate(i: int, head: nn.Module) -> AmQ:
+        return am_q(head_act_fn(policy, head, i), dynamics, critics, start_hist, horizon, data.normalize, support)
+
     cached = run.load_checkpoint(f"{PHASE}_cache")
     if cached is None:
         run.drop_metrics(PHASE)
+        run.log(PHASE, 0, amq_support_disagreement=support.disagreement, amq_q_low=support.q_low,
+                amq_q_high=support.q_high, amq_q_floor=support.q_floor)
         base_all = cache_base_actions(policy, data.cond(torch.arange(data.size), policy.history))
         ope_idx = sample_indices(data.size, min(cfg.ope_states, data.size), gen)
+        warm_nll = []
         for i in range(n):
-            warm_nll = warm_start_std(policy.heads[i], obs_n, base_all[:, i], data.actions,
-                                      cfg.std_warmup_steps, cfg.batch_size, gen)
-            run.log(PHASE, 0, **{f"std_warmup_nll_{i}": warm_nll})
+            warm_nll.append(warm_start_std(policy.heads[i], obs_n, base_all[:, i], data.actions,
+                                           cfg.std_warmup_steps, cfg.batch_size, gen))
+            run.log(PHASE, 0, **{f"std_warmup_nll_{i}": warm_nll[i]})
         start_hist = data.histories(ope_idx, policy.history)
-        amq_raw = [am_q(head_act_fn(policy, policy.heads[i], i), dynamics, critics, start_hist, horizon,
-                        data.normalize) for i in range(n)]
-        run.log(PHASE, 0, **{f"amq_{i}": j for i, j in enumerate(amq_raw)})
+        raw = [evaluate(i, policy.heads[i]) for i in range(n)]
+        for i, r in enumerate(raw):
+            run.log(PHASE, 0, **r.metrics(i))
+        amq_raw, raw_ok = [r.value for r in raw], [r.plausible for r in raw]
         run.save_checkpoint(f"{PHASE}_cache", {
             "base": base_all, "ope_idx": ope_idx, "heads": [h.state_dict() for h in policy.heads],
-            "amq_raw": amq_raw, "generator": gen.get_state(), "rng": capture_rng()})
+            "amq_raw": amq_raw, "amq_raw_plausible": raw_ok, "warm_nll": warm_nll,
+            "generator": gen.get_state(), "rng": capture_rng()})
     else:
         base_all, ope_idx, amq_raw = cached["base"], cached["ope_idx"], cached["amq_raw"]
+        raw_ok, warm_nll = cached["amq_raw_plausible"], cached["warm_nll"]
         for h, s in zip(policy.heads, cached["heads"], strict=True):
             h.load_state_dict(s)
         gen.set_state(cached["generator"])
         restore_rng(cached["rng"])
     start_hist = data.histories(ope_idx, policy.history)
+    warnings = [warn(f"AM-Q of raw sub-policy {i} is implausible ({amq_raw[i]:.4g}, outside the "
+                     f"[{support.q_low:.4g}, {support.q_high:.4g}] a discounted return on this data can take); "
+                     "it is not selected on") for i in range(n) if not raw_ok[i]]
 
     best_heads = [copy.deepcopy(h.state_dict()) for h in policy.heads]
-    amq_best = list(amq_raw)
+    amq_best, best_ok = list(amq_raw), list(raw_ok)
     first_seed, start = 0, 0
     progress = run.load_checkpoint(f"{PHASE}_progress")
     resume_state = None
     if progress is not None:
         first_seed, start, amq_best, best_heads = (progress["seed"], progress["step"], progress["amq_best"],
                                                    progress["best_heads"])
+        best_ok = progress["best_plausible"]
         resume_state = progress
     run.drop_metrics(PHASE, first_seed * cfg.steps + start)
 
@@ -164,7 +274,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
         old = copy.deepcopy(head).requires_grad_(False)
         opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / cfg.steps))
-        clip, step = cfg.clip, 0
+        clip, step, implausible = cfg.clip, 0, 0
         if resume_state is not None and resume_state["seed"] == i:
             head.load_state_dict(resume_state["head"])
             old.load_state_dict(resume_state["old"])
@@ -172,55 +282,72 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
             sched.load_state_dict(resume_state["scheduler"])
             gen.set_state(resume_state["generator"])
             restore_rng(resume_state["rng"])
-            clip, step = resume_state["clip"], start
+            clip, step, implausible = resume_state["clip"], start, resume_state["implausible"]
             resume_state = None
         base_i = base_all[:, i]
         bar = ctx.bar(f"D BPPO sub-policy {i}", cfg.steps, step)
         bar.set_postfix(amq=f"{amq_best[i]:.4g}")
         while step < cfg.steps:
-            idx = sample_indices(data.size, cfg.batch_size, gen)
-            s, base = obs_n[idx], base_i[idx]
-            with torch.no_grad():
-                old_dist = old.distribution(s, base)
-                a = old_dist.sample().clamp(-1, 1)
-                old_logp = old_dist.log_prob(a)
-                adv = critics.q_value(s, a) - critics.v(s)
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            dist = head.distribution(s, base)
-            ratio = (dist.log_prob(a) - old_logp).exp()
-            surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
-            loss = -surrogate.mean() - cfg.entropy * dist.entropy().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = bppo_step(head, old, opt, critics, obs_n, base_i, cfg, clip, gen)
             check_finite(loss, PHASE, step, f"BPPO loss of sub-policy {i}")
-            nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
-            opt.step()
             sched.step()
             step += 1
             bar.update(1)
             if step % cfg.ope_every == 0 or step == cfg.steps:
-                j = am_q(head_act_fn(policy, head, i), dynamics, critics, start_hist, horizon, data.normalize)
-                accepted = j > amq_best[i]
+                j = evaluate(i, head)
+                accepted = j.plausible and (not best_ok[i] or j.value > amq_best[i])
+                implausible += not j.plausible
                 if accepted:
-                    amq_best[i] = j
+                    amq_best[i], best_ok[i] = j.value, True
                     old.load_state_dict(head.state_dict())
                     best_heads[i] = copy.deepcopy(head.state_dict())
                 clip *= cfg.clip_decay
-                run.log(PHASE, i * cfg.steps + step, **{f"amq_{i}": j, f"accepted_{i}": float(accepted),
-                                                        f"loss_{i}": loss.item()})
-                bar.set_postfix(amq=f"{j:.4g}", best=f"{amq_best[i]:.4g}")
+                run.log(PHASE, i * cfg.steps + step, **j.metrics(i), **{f"accepted_{i}": float(accepted),
+                                                                       f"loss_{i}": float(loss)})
+                bar.set_postfix(amq=f"{j.value:.4g}", best=f"{amq_best[i]:.4g}")
                 run.save_checkpoint(f"{PHASE}_progress", {
-                    "seed": i, "step": step, "amq_best": amq_best, "best_heads": best_heads,
-                    "head": head.state_dict(), "old": old.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "generator": gen.get_state(), "rng": capture_rng(),
-                    "clip": clip})
+                    "seed": i, "step": step, "amq_best": amq_best, "best_plausible": best_ok,
+                    "best_heads": best_heads, "head": head.state_dict(), "old": old.state_dict(),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                    "rng": capture_rng(), "clip": clip, "implausible": implausible})
         bar.close()
+        if implausible:
+            warnings.append(warn(f"BPPO of sub-policy {i}: {implausible} AM-Q evaluations were implausible and "
+                                 "were not accepted (metrics.csv: improve, amq_unclipped_{i})"))
         start = 0
 
     for h, s in zip(policy.heads, best_heads, strict=True):
         h.load_state_dict(s)
-    selected = int(torch.tensor(amq_best).argmax())
+    selection = select_sub_policy(amq_best, best_ok, warm_nll)
+    selection["warnings"] = warnings + selection["warnings"]
+    selection.update(amq_plausible=best_ok, amq_raw_plausible=raw_ok, support={
+        "disagreement": support.disagreement, "q_low": support.q_low, "q_high": support.q_high,
+        "q_floor": support.q_floor})
+    selected = selection["selected"]
     run.log(PHASE, n * cfg.steps, selected=selected, **{f"amq_best_{i}": j for i, j in enumerate(amq_best)})
     run.save_checkpoint(PHASE, {"policy": policy.state(), "selected": selected, "amq_raw": amq_raw,
-                                "amq_best": amq_best})
-    return Improved(policy, selected, amq_raw, amq_best)
+                                "amq_best": amq_best, "selection": selection})
+    return Improved(policy, selected, amq_raw, amq_best, selection)
+
+
+def bppo_step(head: nn.Module, old: nn.Module, opt: torch.optim.Optimizer, critics: Critics, obs_n: Tensor,
+              base: Tensor, cfg, clip: float, gen: torch.Generator) -> Tensor:
+    """One clipped-ratio update of a head against π_old on a batch of dataset states; returns the loss."""
+    idx = sample_indices(obs_n.shape[0], cfg.batch_size, gen)
+    s, b = obs_n[idx], base[idx]
+    with torch.no_grad():
+        old_dist = old.distribution(s, b)
+        a = old_dist.sample().clamp(-1, 1)
+        old_logp = old_dist.log_prob(a)
+        adv = critics.q_value(s, a) - critics.v(s)
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    dist = head.distribution(s, b)
+    ratio = (dist.log_prob(a) - old_logp).exp()
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    loss = -surrogate.mean() - cfg.entropy * dist.entropy().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if torch.isfinite(loss):
+        nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+        opt.step()
+    return loss.detach()

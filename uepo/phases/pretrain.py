@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from uepo import ops
 from uepo.config import Config
 from uepo.diffusion import Schedule, SeedBank
-from uepo.phases import PHASE_SEED_OFFSETS, PhaseContext, sample_indices
+from uepo.phases import PHASE_SEED_OFFSETS, BatchSampler, PhaseContext, sample_indices
 from uepo.policy import MultiSeedPolicy, build_backbone, policy_config
 from uepo.runs import capture_rng, check_finite, restore_rng, seed_everything
 
@@ -44,7 +44,7 @@ def make_policy_config(cfg: Config, obs_dim: int, action_dim: int, tau: float = 
         "diffusion" if cfg.policy == "diffusion" else "gaussian-ensemble", obs_dim, action_dim,
         cfg.data.history, cfg.data.horizon, p.num_seeds, p.denoiser, p.width, p.num_blocks, p.time_dim,
         p.diffusion_steps, p.sampling_steps, base_seed_for(cfg), p.eta if p.divergence else 0.0,
-        tau if p.divergence else 0.0, sampler=p.sampler,
+        tau if p.divergence else 0.0, sampler=p.sampler, seed_temperature=p.seed_temperature,
     )
 
 
@@ -76,9 +76,15 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def masked_eps_loss(eps: Tensor, eps_hat: Tensor, mask: Tensor) -> Tensor:
-    m = mask.to(eps.dtype)[..., None]
-    return ((eps - eps_hat) ** 2 * m).sum() / (m.sum() * eps.shape[-1]).clamp_min(1)
+def masked_eps_loss(eps: Tensor, eps_hat: Tensor, mask: Tensor, first_action_weight: float = 1.0) -> Tensor:
+    """Weighted mean of ‖ε − ε̂‖² over the valid chunk steps (B, H, d_a); step 0, the action that is
+    executed, weighs ``first_action_weight`` times each later step."""
+    m = mask.to(eps.dtype)
+    if first_action_weight != 1.0:
+        m = m.clone()
+        m[:, 0] *= first_action_weight
+    m = m[..., None]
+    return ((eps - eps_hat) ** 2 * m).sum() / (m.sum() * eps.shape[-1]).clamp_min(1e-12)
 
 
 @torch.no_grad()
@@ -94,6 +100,14 @@ def calibrate_tau(policy: MultiSeedPolicy, cond: Tensor, quantile: float,
     policy.tau = saved_tau
     flat = torch.cat(d).flatten()
     return float(torch.quantile(flat, quantile)), float(flat.mean())
+
+
+@torch.no_grad()
+def mean_nearest_divergence(policy: MultiSeedPolicy, cond: Tensor, batch: int = 1024) -> float:
+    """Mean over states and seeds of min_{j≠i} div(μ^i, μ^j): how distinct the sub-policies are."""
+    d = [ops.nearest_competitor(ops.divergence(policy.base_chunks_from_cond(cond[s:s + batch]).double()))
+         for s in range(0, cond.shape[0], batch)]
+    return float(torch.cat(d).mean())
 
 
 def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
@@ -131,7 +145,8 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
     schedule = Schedule(p.diffusion_steps)
     chain = schedule.ddim(p.kl_chain_steps)
     chain_seeds = SeedBank.draw(p.num_seeds, p.kl_chain_steps, cfg.data.horizon, data.action_dim,
-                                base_seed_for(cfg))
+                                base_seed_for(cfg), temperature=p.seed_temperature)
+    sample_batch = BatchSampler(data, p.start_fraction, p.start_steps)
     H, T_o = cfg.data.horizon, cfg.data.history
     use_kl = p.seq_kl and p.alpha > 0 and p.num_seeds > 1
 
@@ -148,7 +163,7 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
     label = "B diffusion" if diffusion else "B Gaussian BC ensemble"
     bar = ctx.bar(label, p.steps, start)
     for step in range(start, p.steps):
-        idx = sample_indices(data.size, p.batch_size, gen)
+        idx = sample_batch(p.batch_size, gen)
         cond = data.cond(idx, T_o)
         metrics: dict[str, float] = {}
         if diffusion:
@@ -156,7 +171,7 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
             k = torch.randint(0, p.diffusion_steps, (idx.shape[0],), generator=gen)
             eps = torch.randn(chunk.shape, generator=gen)
             eps_hat = net(schedule.add_noise(chunk, eps, k), k, cond)
-            loss = masked_eps_loss(eps, eps_hat, mask)
+            loss = masked_eps_loss(eps, eps_hat, mask, p.first_action_weight)
             metrics["eps_loss"] = loss.item()
         else:  # Uni-O4: Gaussian NLL of a_t for every member
             means, log_std = net(cond)
@@ -212,6 +227,7 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
         result.update(tau_calibrated=tau, mean_nearest_divergence=mean_div)
         policy.set_tau(tau if p.divergence else 0.0)
         result["tau"] = policy.tau
+        result["sub_policy_divergence"] = mean_nearest_divergence(policy, data.cond(states, T_o))
         run.log(PHASE, p.steps, **result)
     run.save_checkpoint(PHASE, {"policy": policy.state(), "metrics": result, "net": net.state_dict()})
     return Pretrained(policy, result)

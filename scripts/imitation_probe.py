@@ -1,0 +1,98 @@
+"""How well do the raw sub-policies imitate? Phase B alone, then each raw μ^i in the real env.
+
+    python scripts/imitation_probe.py --run_dir runs/probe/hopper-m-s0 --temperatures 1 0.5 0.3 \
+        -- --dataset local/hopper/medium-v0 --preset bench --seed 0 [--pretrain.first_action_weight 4 ...]
+
+Everything after ``--`` is ``python -m uepo.train``'s own flags (preset, dataset, overrides). Phase B
+runs (or is loaded from ``run_dir``, which resumes like a training run); then, for each seed
+temperature, the sub-policies are re-drawn from the same backbone, τ is recalibrated, and every raw
+μ^i plays ``--episodes`` deterministic episodes (the seeds of ``uepo.train``'s evaluation). One JSON
+line per temperature goes to ``run_dir/probe.jsonl``: scores, the mean nearest-competitor divergence
+of the sub-policies, and the first-action error against the dataset's actions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from uepo import ops
+from uepo.config import parse_args
+from uepo.data import load_offline_data
+from uepo.evaluate import evaluate_policy
+from uepo.phases import PhaseContext, sample_indices
+from uepo.phases.pretrain import calibrate_tau, pretrain
+from uepo.policy import MultiSeedPolicy
+from uepo.runs import Run, seed_everything
+from uepo.train import EVAL_SEED_OFFSET
+
+
+def redraw(policy: MultiSeedPolicy, temperature: float) -> MultiSeedPolicy:
+    """The same backbone under another seed temperature (a new seed bank)."""
+    config = dict(policy.config, seed_temperature=temperature)
+    fresh = MultiSeedPolicy(config, policy.obs_mean, policy.obs_std, backbone=policy.denoiser)
+    return fresh
+
+
+@torch.no_grad()
+def imitation_stats(policy: MultiSeedPolicy, data, states: torch.Tensor) -> dict:
+    cond = data.cond(states, policy.history)
+    chunks = policy.base_chunks_from_cond(cond)  # (B, n, H, d_a)
+    first_err = ((chunks[:, :, 0] - data.actions[states][:, None]) ** 2).mean((0, 2))  # (n,)
+    out = {"first_action_mse": first_err.tolist()}
+    if chunks.shape[2] >= 3 and policy.num_seeds > 1:
+        d = ops.nearest_competitor(ops.divergence(chunks.double()))
+        out["nearest_divergence"] = float(d.mean())
+    first = chunks[:, :, 0]
+    out["first_action_spread"] = float(first.std(1).mean()) if policy.num_seeds > 1 else 0.0
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run_dir", required=True)
+    parser.add_argument("--temperatures", type=float, nargs="*", default=[1.0])
+    parser.add_argument("--episodes", type=int, default=10)
+    args, rest = parser.parse_known_args()
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    cfg = parse_args(rest + ["--run_dir", args.run_dir])
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    data = load_offline_data(cfg.dataset, cfg.download, cfg.data.action_clip)
+    run = Run(Path(args.run_dir), resume=True, tensorboard=False)
+    ctx = PhaseContext(run, cfg, data, torch.device("cpu"))
+    start = time.perf_counter()
+    pre = pretrain(ctx)
+    train_s = time.perf_counter() - start
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 77)
+    states = sample_indices(data.size, 2048, gen)
+    temperatures = args.temperatures if cfg.policy == "diffusion" else [None]
+    with open(Path(args.run_dir) / "probe.jsonl", "a") as out:
+        for t in temperatures:
+            policy = pre.policy if t is None else redraw(pre.policy, t)
+            if t is not None and cfg.pretrain.divergence:
+                tau, _ = calibrate_tau(policy, data.cond(states, policy.history), cfg.pretrain.tau_quantile)
+                policy.set_tau(tau)
+            stats = imitation_stats(policy, data, states)
+            raw = [evaluate_policy(policy, data.env_spec, i, episodes=args.episodes, raw=True,
+                                   seed=cfg.seed * 1000 + EVAL_SEED_OFFSET, ref_min_score=data.ref_min_score,
+                                   ref_max_score=data.ref_max_score)["score_mean"] for i in range(policy.num_seeds)]
+            row = {"dataset": cfg.dataset, "seed": cfg.seed, "policy": cfg.policy, "temperature": t,
+                   "tau": policy.tau, "raw": raw, "raw_mean": sum(raw) / len(raw), "raw_best": max(raw),
+                   "episodes": args.episodes, "eval_seed": cfg.seed * 1000 + EVAL_SEED_OFFSET,
+                   "train_s": round(train_s, 1), "overrides": rest, **stats}
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            print(json.dumps(row), file=sys.stderr)
+    run.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Model-based evaluation that cannot blow up, and a selection checked against the real env.
+
+- AM-Q on a robot that never terminates (HalfCheetah-v5 data made here), with a dynamics model that
+  diverges: the support (state clipping, disagreement stop, Q bounds) keeps Ĵ inside what a return
+  can be; without it the same rollout leaves any plausible range.
+- An absurd critic makes every Ĵ implausible: phase D says so and does not select on it.
+- Sub-policies whose real-env scores differ clearly are ranked by AM-Q as the real env ranks them.
+- The termination functions agree with Gymnasium's v5 envs on random states.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from uepo.config import apply_overrides, preset
+from uepo.data import load_offline_data
+from uepo.evaluate import evaluate_policy, rank_correlation, selection_report
+from uepo.phases import BatchSampler, PhaseContext
+from uepo.phases.critics import train_critics
+from uepo.phases.dynamics import termination_fn, train_dynamics
+from uepo.phases.improve import Support, am_q, head_act_fn, improve, select_sub_policy
+from uepo.phases.pretrain import masked_eps_loss, pretrain
+from uepo.runs import Run, seed_everything
+
+torch.set_num_threads(1)
+
+SMALL = {
+    "critics": {"steps": 300, "batch_size": 128, "hidden": 32, "layers": 2},
+    "pretrain": {"steps": 60, "width": 32, "num_blocks": 1, "tau_states": 64},
+    "dynamics": {"ensemble": 3, "elites": 2, "hidden": 32, "layers": 2, "max_epochs": 8,
+                 "max_updates_per_epoch": 20, "augment_ratio": 0.3, "augment_batch": 64, "patience": 8},
+    "improve": {"steps": 10, "ope_every": 5, "ope_states": 16, "ope_horizon": 60, "std_warmup_steps": 10,
+                "eval_episodes": 0},
+}
+
+
+def phases_abc(dataset_id: str, root, **overrides):
+    seed_everything(0)
+    data = load_offline_data(dataset_id)
+    cfg = preset("smoke")
+    apply_overrides(cfg, copy.deepcopy(SMALL))
+    apply_overrides(cfg, overrides)
+    ctx = PhaseContext(Run(root, tensorboard=False), cfg, data, torch.device("cpu"), progress=False)
+    critics = train_critics(ctx)
+    pre = pretrain(ctx)
+    return ctx, critics, pre, train_dynamics(ctx, pre.policy)
+
+
+@pytest.fixture(scope="module")
+def cheetah(tiny_cheetah, tmp_path_factory):
+    return phases_abc(tiny_cheetah, tmp_path_factory.mktemp("cheetah"))
+
+
+def test_amq_of_a_diverging_model_without_termination_stays_inside_the_support(cheetah):
+    ctx, critics, pre, dynamics = cheetah
+    data = ctx.data
+    assert dynamics.holdout_disagreement is not None and dynamics.disagreement_quantile(0.99) > 0
+    diverging = copy.deepcopy(dynamics)
+    diverging.model.out_std.mul_(200.0)  # every predicted Δs 200× too large: states run off
+    starts = data.histories(torch.arange(0, data.size, data.size // 16)[:16], pre.policy.history)
+    act = head_act_fn(pre.policy, pre.policy.heads[0], 0)
+    support = Support.of(data, diverging, critics, ctx.cfg.critics.gamma, 0.1, 1.0)
+    assert support.q_low < 0 < support.q_high  # cheetah rewards have both signs
+
+    inf = torch.full((data.obs_dim,), math.inf)  # no clipping, no stop: what a user got before
+    free = am_q(act, diverging, critics, starts, 200, data.normalize,
+                Support(-inf, inf, math.inf, support.q_low, support.q_high))
+    assert not free.plausible and abs(free.unclipped) > 10 * support.q_high, free
+    bounded = am_q(act, diverging, critics, starts, 200, data.normalize, support)
+    assert math.isfinite(bounded.value) and support.q_low <= bounded.value <= support.q_high
+    assert bounded.plausible, bounded
+    # the real model, inside its support, is plausible too
+    sane = am_q(act, dynamics, critics, starts, 200, data.normalize, support)
+    assert sane.plausible and sane.support_fraction > 0 and sane.clip_fraction < 0.5, sane
+
+
+def test_a_row_stops_where_the_ensemble_disagrees(cheetah):
+    ctx, critics, pre, dynamics = cheetah
+    data = ctx.data
+    starts = data.histories(torch.arange(0, 64), pre.policy.history)
+    act = head_act_fn(pre.policy, pre.policy.heads[0], 0)
+    loose = Support.of(data, dynamics, critics, 0.99, 0.1, 1.0)
+    never = Support(loose.obs_low, loose.obs_high, math.inf, loose.q_low, loose.q_high, loose.q_floor)
+    tight = Support(loose.obs_low, loose.obs_high, dynamics.disagreement_quantile(0.05), loose.q_low, loose.q_high,
+                    loose.q_floor)
+    assert am_q(act, dynamics, critics, starts, 50, data.normalize, never).support_fraction == 1.0
+    cut = am_q(act, dynamics, critics, starts, 50, data.normalize, tight)
+    assert cut.support_fraction < 0.5
+    assert loose.q_low <= loose.q_floor <= loose.q_high
+
+
+def test_an_absurd_critic_is_reported_and_not_selected_on(tiny_hopper, tmp_path, capsys):
+    ctx, critics, pre, dynamics = phases_abc(tiny_hopper, tmp_path)
+    broken = copy.copy(critics)
+    broken.q_value = lambda s, a: torch.full((s.shape[0],), -1e18)
+    result = improve(ctx, pre.policy, broken, dynamics)
+    assert result.selection["method"] == "imitation-fallback"
+    assert not any(result.selection["amq_plausible"])
+    warnings = result.selection["warnings"]
+    assert any("implausible" in w for w in warnings) and any("no sub-policy" in w for w in warnings)
+    assert "uepo: WARNING" in capsys.readouterr().err
+    # Ĵ itself is clipped to the bounds; the unclipped mean is what flags it
+    assert all(result.selection["support"]["q_low"] <= v <= 0 for v in result.amq_best)
+
+
+def test_select_sub_policy_takes_the_best_plausible():
+    out = select_sub_policy([5.0, 9.0, 7.0], [True, False, True], [0.1, 0.2, 0.3])
+    assert out["selected"] == 2 and out["method"] == "amq" and out["warnings"] == []
+
+
+@pytest.fixture(scope="module")
+def hopper_phases(shipped_hopper, tmp_path_factory):
+    overrides = {"critics": {"steps": 1500, "batch_size": 256, "hidden": 64},
+                 "pretrain": {"steps": 1500, "batch_size": 128, "width": 64, "num_blocks": 2, "lr": 1e-3,
+                              "diffusion_steps": 20, "sampling_steps": 5, "kl_batch": 16, "kl_chain_steps": 3,
+                              "tau_states": 256, "warmup_steps": 20, "seed_temperature": 0.3,
+                              "num_seeds": 3},
+                 "dynamics": {"ensemble": 4, "elites": 3, "hidden": 64, "max_epochs": 12, "max_updates_per_epoch": 40,
+                              "batch_size": 256, "augmentation": False, "patience": 4}}
+    return phases_abc(shipped_hopper, tmp_path_factory.mktemp("hopper"), **overrides)
+
+
+def test_amq_ranks_sub_policies_as_the_real_env_does(hopper_phases):
+    """Two sub-policies broken on purpose (their heads push every action to a bound): AM-Q must rank the
+    intact one first, as real episodes do, and the selection regret measured in the env is 0."""
+    ctx, critics, pre, dynamics = hopper_phases
+    data, policy = ctx.data, copy.deepcopy(pre.policy)
+    with torch.no_grad():
+        policy.heads[1].mean_layer.bias.fill_(3.0)
+        policy.heads[2].mean_layer.bias.fill_(-3.0)
+    starts = data.histories(torch.arange(0, data.size, data.size // 64)[:64], policy.history)
+    support = Support.of(data, dynamics, critics, 0.99, 0.1, 1.0)
+    amq = [am_q(head_act_fn(policy, policy.heads[i], i), dynamics, critics, starts, 100, data.normalize,
+                support) for i in range(3)]
+    assert all(j.plausible for j in amq)
+    values = [j.value for j in amq]
+    real = [evaluate_policy(policy, data.env_spec, i, episodes=3, seed=7, ref_min_score=data.ref_min_score,
+                            ref_max_score=data.ref_max_score)["score_mean"] for i in range(3)]
+    assert real[0] > max(real[1:]) + 5, real  # the premise: the intact sub-policy is clearly better
+    chosen = select_sub_policy(values, [True] * 3, [0.0] * 3)["selected"]
+    assert chosen == 0, (values, real)
+    report = selection_report(chosen, values, values, None, real)
+    assert report["regret"] == 0 and report["amq_picks_best_improved"]
+
+
+@pytest.mark.parametrize("env_id,robot,max_angle", [("Hopper-v5", "hopper", 0.35), ("Walker2d-v5", "walker2d", 1.5)])
+def test_termination_functions_match_the_v5_envs(env_id, robot, max_angle):
+    """On random states that cross every health bound, termination_fn(obs) == not env.is_healthy.
+    (Hopper's |state| < 100 bound on velocities cannot be seen in observations, which clip them to ±10.)"""
+    env = gym.make(env_id).unwrapped
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    fn = termination_fn(robot)
+    obs, expected = [], []
+    for _ in range(400):
+        qpos = env.init_qpos + rng.normal(0, 0.3, env.model.nq)
+        qpos[1] = rng.uniform(0.4, 2.4)  # height around every bound
+        qpos[2] = rng.uniform(-max_angle, max_angle)  # torso angle around its bounds
+        qvel = rng.normal(0, 2, env.model.nv)
+        env.set_state(qpos, qvel)
+        obs.append(env._get_obs())
+        expected.append(not env.is_healthy)
+    o = torch.as_tensor(np.stack(obs), dtype=torch.float32)
+    got = fn(o, torch.zeros(len(obs), env.action_space.shape[0]), o)
+    assert 0.2 < np.mean(expected) < 0.8  # both outcomes are well represented
+    assert got.tolist() == expected
+
+
+def test_rank_correlation_and_regret():
+    assert rank_correlation([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert rank_correlation([1, 1, 2], [1, 2, 3]) == pytest.approx(np.corrcoef([0.5, 0.5, 2], [0, 1, 2])[0, 1])
+    assert rank_correlation([1, 1], [1, 2]) is None
+    r = selection_report(1, [0, 0, 0], [3, 2, 1], [10.0, 40.0, 5.0], [20.0, 30.0, 35.0])
+    assert r["regret"] == pytest.approx(10.0) and r["regret_vs_improved"] == pytest.approx(5.0)
+    assert r["regret_vs_raw"] == pytest.approx(10.0) and not r["amq_picks_best_improved"]
+    assert r["amq_rank_correlation"] == pytest.approx(-1.0)
+
+
+def test_first_action_weight_and_start_oversampling(tiny_hopper):
+    eps = torch.zeros(2, 4, 3)
+    eps_hat = torch.zeros(2, 4, 3)
+    eps_hat[:, 0] = 1.0  # error on the first action only
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    assert masked_eps_loss(eps, eps_hat, mask) == pytest.approx(1 / 4)
+    assert masked_eps_loss(eps, eps_hat, mask, first_action_weight=5.0) == pytest.approx(5 / 8)
+    data = load_offline_data(tiny_hopper)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(BatchSampler(data)(64, g1), torch.randint(0, data.size, (64,), generator=g2))
+    idx = BatchSampler(data, start_fraction=0.5, start_steps=3)(64, torch.Generator().manual_seed(1))
+    step_in_episode = idx - data.episode_start[idx]
+    assert (step_in_episode[:32] < 3).all() and (step_in_episode < 3).float().mean() >= 0.5
+
+
+def test_seed_temperature_scales_the_initial_noise_only():
+    from uepo.diffusion import SeedBank
+
+    full = SeedBank.draw(3, 5, 4, 2, base_seed=7)
+    cold = SeedBank.draw(3, 5, 4, 2, base_seed=7, temperature=0.25)
+    assert torch.allclose(cold.noise, 0.25 * full.noise) and torch.equal(cold.perturb, full.perturb)
+    with pytest.raises(ValueError, match="temperature"):
+        SeedBank.draw(3, 5, 4, 2, base_seed=7, temperature=-1.0)

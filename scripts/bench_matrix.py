@@ -145,8 +145,90 @@ def t0_fit_seconds(source: Path) -> float | None:
     return t0[-1] - b_end[-1] if b_end and t0 else None
 
 
+def run_record(job: Job) -> dict:
+    """What matrix.json keeps of one finished run."""
+    s = job.summary()
+    sc = s["scores"]
+    report = sc.get("selection_report", {})
+    return {
+        "dataset": job.dataset, "variant": job.variant, "seed": job.seed, "preset": job.preset,
+        "dataset_episodes": sc.get("dataset_episodes"), "raw": sc.get("raw"), "improved": sc.get("improved"),
+        "selected": sc.get("selected"), "selected_index": sc.get("selected_index"),
+        "selection_method": sc.get("selection_method"), "regret": report.get("regret"),
+        "regret_vs_raw": report.get("regret_vs_raw"), "regret_vs_improved": report.get("regret_vs_improved"),
+        "amq_rank_correlation": report.get("amq_rank_correlation"),
+        "amq_raw_rank_correlation": report.get("amq_raw_rank_correlation"),
+        "amq_picks_best_improved": report.get("amq_picks_best_improved"),
+        "amq_raw": sc.get("amq_raw"), "amq_best": sc.get("amq_selected_candidates"),
+        "amq_plausible": sc.get("amq_plausible"), "nearest_divergence": sc.get("nearest_divergence"),
+        "warnings": s.get("warnings", []),
+        "phase_seconds": {k: phase_time(s, k)[0] for k in PHASE_KEYS},
+        "phases_reused": s.get("reused", {}).get("checkpoints", []),
+        "git_commit": s.get("provenance", {}).get("git_commit"),
+        "episodes": len(s.get("evaluation", {}).get("selected", {}).get("scores") or []),
+    }
+
+
+def selection_lines(ds_jobs: list[Job], seeds: list[int]) -> list[str]:
+    """Regret and AM-Q rank correlation per variant and seed."""
+    lines = ["", "Selection, measured in the real env: regret = best real score over raw and improved "
+             "sub-policies − the selected one's; ρ = Spearman correlation of AM-Q with the improved "
+             "sub-policies' real scores (raw: of the raw μⁱ's AM-Q with their scores); ✓ = AM-Q ranked the "
+             "best improved sub-policy first:", "",
+             "| variant | " + " | ".join(f"seed {s}: regret / ρ / ρ raw" for s in seeds)
+             + " | mean regret | best first |", "|---|" + "---|" * (len(seeds) + 2)]
+    for variant in VARIANTS:
+        recs = {j.seed: run_record(j) for j in ds_jobs if j.variant == variant and j.finished()}
+        if not recs or all(r["regret"] is None for r in recs.values()):
+            continue
+
+        def cell(r: dict) -> str:
+            rho = "—" if r["amq_rank_correlation"] is None else f"{r['amq_rank_correlation']:+.2f}"
+            rho_raw = "—" if r["amq_raw_rank_correlation"] is None else f"{r['amq_raw_rank_correlation']:+.2f}"
+            return f"{r['regret']:.1f} / {rho} / {rho_raw}" + (" ✓" if r["amq_picks_best_improved"] else "")
+        regrets = [r["regret"] for r in recs.values() if r["regret"] is not None]
+        firsts = sum(bool(r["amq_picks_best_improved"]) for r in recs.values())
+        lines.append(f"| {variant} | " + " | ".join(cell(recs[s]) if s in recs else "—" for s in seeds)
+                     + f" | {mean_std(regrets)} | {firsts} of {len(recs)} |")
+    return lines
+
+
+def write_json(jobs: list[Job], path: Path) -> None:
+    records = [run_record(j) for j in jobs if j.finished()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"runs": records}, indent=1) + "\n")
+
+
+def targets_table(jobs: list[Job]) -> list[str]:
+    """Issue 8's targets per dataset, main method against gaussian-ensemble, means over finished seeds."""
+    def avg(values: list[float]) -> float | None:
+        return statistics.mean(values) if values else None
+
+    def fmt(v: float | None) -> str:
+        return "—" if v is None else f"{v:.1f}"
+
+    lines = ["| dataset | seeds | raw μⁱ: UEPO / Gaussian | selected UEPO | data's own | 1.059 × selected Gaussian "
+             "| mean regret | AM-Q ranks best first |", "|---|---|---|---|---|---|---|---|"]
+    for dataset in dict.fromkeys(j.dataset for j in jobs):
+        recs = {v: [run_record(j) for j in jobs if j.dataset == dataset and j.variant == v and j.finished()]
+                for v in ("main", "gaussian-ensemble")}
+        main, gauss = recs["main"], recs["gaussian-ensemble"]
+        if not main:
+            continue
+        raw_u = avg([statistics.mean(r["raw"]) for r in main if r["raw"]])
+        raw_g = avg([statistics.mean(r["raw"]) for r in gauss if r["raw"]])
+        sel_u, sel_g = avg([r["selected"] for r in main]), avg([r["selected"] for r in gauss])
+        regret = avg([r["regret"] for r in main if r["regret"] is not None])
+        firsts = sum(bool(r["amq_picks_best_improved"]) for r in main)
+        target_g = None if sel_g is None else 1.059 * sel_g
+        lines.append(f"| {dataset} | {len(main)} | {fmt(raw_u)} / {fmt(raw_g)} | {fmt(sel_u)} "
+                     f"| {fmt(main[0]['dataset_episodes'])} | {fmt(target_g)} | {fmt(regret)} "
+                     f"| {firsts} of {len(main)} |")
+    return lines
+
+
 def report(jobs: list[Job]) -> str:
-    lines = []
+    lines = ["### Targets", "", *targets_table(jobs), ""]
     for dataset in dict.fromkeys(j.dataset for j in jobs):
         ds_jobs = [j for j in jobs if j.dataset == dataset]
         seeds = sorted({j.seed for j in ds_jobs})
@@ -164,18 +246,25 @@ def report(jobs: list[Job]) -> str:
             name = "**selected (UEPO)**" if variant == "main" else f"selected, {variant}"
             lines.append(f"| {name} | " + " | ".join(f"{vals[s]:.1f}" if s in vals else "—" for s in seeds)
                          + f" | {mean_std(list(vals.values()))} |")
-        lines += ["", "Raw sub-policies (μⁱ without head or BPPO; for gaussian-ensemble, the BC members): "
-                  "all n scores per seed; over seeds, mean ± std of the per-seed mean and of the per-seed best:",
-                  "", "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean of μⁱ | best μⁱ |",
-                  "|---|" + "---|" * (len(seeds) + 2)]
+        lines += ["", "Raw sub-policies (μⁱ without head or BPPO, acting with the first action of their chunk; "
+                  "for gaussian-ensemble, the BC members acting with their mean): all n scores per seed; over "
+                  "seeds, mean ± std of the per-seed mean and of the per-seed best; div = mean nearest-competitor "
+                  "divergence of the sub-policies' chunks on dataset states:",
+                  "", "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean of μⁱ | best μⁱ | div |",
+                  "|---|" + "---|" * (len(seeds) + 3)]
         for variant in VARIANTS:
-            raws = {j.seed: j.summary()["scores"]["raw"] for j in ds_jobs if j.variant == variant and j.finished()}
+            recs = {j.seed: run_record(j) for j in ds_jobs if j.variant == variant and j.finished()}
+            raws = {s: r["raw"] for s, r in recs.items() if r["raw"]}
             if not raws:
                 continue
             cells = [" / ".join(f"{x:.1f}" for x in raws[s]) if s in raws else "—" for s in seeds]
-            means = [statistics.mean(r) for r in raws.values() if r]
-            bests = [max(r) for r in raws.values() if r]
-            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean_std(means)} | {mean_std(bests)} |")
+            means = [statistics.mean(r) for r in raws.values()]
+            bests = [max(r) for r in raws.values()]
+            divs = [r["nearest_divergence"] for r in recs.values() if r["nearest_divergence"] is not None]
+            div = f"{statistics.mean(divs):.2f}" if divs else "—"
+            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean_std(means)} | {mean_std(bests)} "
+                         f"| {div} |")
+        lines += selection_lines(ds_jobs, seeds)
         lines += ["", "Wall time per phase, seconds, mean over the finished seeds. In brackets: reused "
                   "from the main run, i.e. measured there (T̂0: the fit on real data, the first part of C, "
                   "timed from the main run's metrics.csv); total spent counts this run's own work:", "",
@@ -213,12 +302,15 @@ def main() -> int:
     parser.add_argument("--preset", default="bench")
     parser.add_argument("--out", type=Path, default=Path("runs"))
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (one CPU core each)")
+    parser.add_argument("--json", type=Path, default=None, help="report: also write every run's record here")
     args = parser.parse_args()
-    # order: every main run first, then variant by variant, seed by seed, dataset by dataset
+    # order: seed by seed (a whole seed's table fills first), then dataset by dataset, main run first
     variants = ["main"] + [v for v in args.variants if v != "main"]
-    jobs = [Job(d, s, v, args.out, args.preset) for v in variants for s in args.seeds for d in args.datasets]
+    jobs = [Job(d, s, v, args.out, args.preset) for s in args.seeds for d in args.datasets for v in variants]
     if args.action == "report":
         print(report(jobs))
+        if args.json:
+            write_json(jobs, args.json)
         return 0
     return run_matrix(jobs, args.workers)
 

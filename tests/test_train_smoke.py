@@ -113,6 +113,11 @@ def test_clear_errors_and_help(minari_root, tmp_path, capsys):
     assert "MINARI_DATASETS_PATH" in capsys.readouterr().err
     assert main(["--preset", "huge"]) == 2
     assert "unknown preset" in capsys.readouterr().err
+    for bad, says in ((["--selection", "oracle"], "--selection"), (["--seed_temperature", "-1"], "--seed_temperature"),
+                      (["--start_fraction", "2"], "--start_fraction"), (["--ope_support_quantile", "0"],
+                                                                         "--ope_support_quantile")):
+        assert main(["--preset", "smoke", *bad]) == 2
+        assert says in capsys.readouterr().err, bad
     out = subprocess.run([sys.executable, "-m", "uepo.train", "--help"], capture_output=True, text=True,
                          timeout=60).stdout
     for flag in ("--dataset", "--preset", "--no-divergence", "--no-seq-kl", "--no-augmentation", "--denoiser",
@@ -195,3 +200,17 @@ def test_resume_accepts_a_run_from_before_a_field_existed(smoke_run, tiny_hopper
         check_resume(parse_args([*flags, "--reuse_from", "elsewhere"]), old)
     with pytest.raises(ValueError, match="dynamics.augment_batch"):
         check_resume(parse_args([*flags, "--augment_batch", "7"]), old)
+
+
+def test_topk_online_selection_is_a_flagged_option_and_the_run_prints_its_selection_table(tiny_hopper, tmp_path,
+                                                                                           capsys):
+    assert smoke(tiny_hopper, tmp_path / "k", "--selection", "amq-topk-online", "--select_topk", "2",
+                 "--phases", "offline") == 0
+    err = capsys.readouterr().err
+    assert "dataset own episodes" in err and "regret" in err and "(amq-topk-online)" in err
+    s = json.loads((tmp_path / "k" / "summary.json").read_text())
+    sel = s["selection"]
+    assert sel["method"] == "amq-topk-online" and len(sel["candidates"]) == 2 and "peeks" in sel["note"]
+    assert sel["selected"] in sel["candidates"] and s["scores"]["selection_method"] == "amq-topk-online"
+    ranked = sorted(range(4), key=lambda i: -s["scores"]["amq_selected_candidates"][i])
+    assert sel["candidates"] == ranked[:2]

@@ -58,7 +58,7 @@ class PretrainConfig:
     sampling_steps: int = f(10, "K_s: DDIM sampling steps")
     sampler: str = f("ddim", "sub-policy solver: ddim (K_s steps, fused kernel) or ddpm (all K steps, PyTorch)")
     num_seeds: int = f(4, "n: sub-policies (fixed seeds, or Gaussian BC members)")
-    seed_temperature: float = f(1.0, "t: sub-policy i's initial noise ε_i ~ N(0, t²I) (1: a full prior draw)")
+    seed_temperature: float = f(0.1, "t: sub-policy i's initial noise ε_i ~ N(0, t²I) (1: a full prior draw)")
     first_action_weight: float = f(1.0, "loss weight of the chunk's first (executed) action vs. each later step")
     start_fraction: float = f(0.0, "share of each batch drawn from the first start_steps steps of episodes")
     start_steps: int = f(25, "an episode's first steps that start_fraction oversamples")
@@ -69,7 +69,7 @@ class PretrainConfig:
     time_dim: int = f(32, "sinusoidal step-embedding size")
     ema: float = f(0.995, "EMA decay of the sampling copy")
     seq_kl: bool = f(True, "use the sequence-level KL term -α·mean min(R_i, κ) in L_B")
-    alpha: float = f(0.1, "α: weight of the sequence-level KL term")
+    alpha: float = f(0.001, "α: weight of the sequence-level KL term")
     sigma_seq: float = f(0.1, "σ_seq of the Gaussian sequence densities in R_i")
     kappa: float = f(1.0, "κ: cap of each R_i")
     seq_kl_form: str = f("closed", "R_i form: closed (KL between sub-policies) or data (literal, ablation)")
@@ -193,7 +193,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "dynamics": {"max_epochs": 20, "max_updates_per_epoch": 100, "augment_ratio": 1.0,
                      "patience": 4, "checkpoint_every": 5},
         "improve": {"steps": 2000, "ope_every": 500, "ope_states": 64, "std_warmup_steps": 500,
-                    "eval_episodes": 5},
+                    "eval_episodes": 10},
         "online": {"env_steps": 50_000, "eval_every": 5000, "eval_episodes": 5},
     },
     # The default: the whole pipeline (A–E) on the shipped Hopper subset in about 10 min on 2

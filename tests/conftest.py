@@ -3,6 +3,7 @@ MINARI_DATASETS_PATH, so the suite needs nothing from outside."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import gymnasium as gym
@@ -51,10 +52,16 @@ def collect_buffers(env_id: str, steps: int, seed: int, max_episode_steps: int |
 
 
 def make_dataset(dataset_id: str, env_id: str = "Hopper-v5", steps: int = 400, seed: int = 0,
-                 ref_scores: tuple[float, float] | None = HOPPER_REF, **kwargs) -> str:
+                 ref_scores: tuple[float, float] | None = HOPPER_REF, record_episode_steps: bool = False,
+                 **kwargs) -> str:
+    """A Minari dataset of ``steps`` steps; ``record_episode_steps`` stores the collection's episode cap in
+    the env spec (as Minari's D4RL sets do, e.g. 100 steps for pen) instead of the registry's."""
     buffers = collect_buffers(env_id, steps, seed, **kwargs)
     extra = {} if ref_scores is None else {"ref_min_score": ref_scores[0], "ref_max_score": ref_scores[1]}
-    minari.create_dataset_from_buffers(dataset_id, buffers, env=env_id, algorithm_name="test controller",
+    env = env_id
+    if record_episode_steps:
+        env = dataclasses.replace(gym.spec(env_id), max_episode_steps=kwargs["max_episode_steps"])
+    minari.create_dataset_from_buffers(dataset_id, buffers, env=env, algorithm_name="test controller",
                                        author="uepo tests", author_email="none@example.com",
                                        code_permalink="tests/conftest.py", description="uepo test data",
                                        **extra)

@@ -4,7 +4,6 @@ shipped dataset."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -85,9 +84,12 @@ def test_restore_refuses_a_different_number_of_envs():
         envs.restore_env_state(b, envs.capture_env_state(a))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gymnasium_robotics") is not None,
-                    reason="gymnasium-robotics is installed, so the missing-package error cannot occur")
-def test_missing_env_package_names_the_pip_package():
+def test_missing_env_package_names_the_pip_package(monkeypatch):
+    def unregistered(env_id, **kwargs):  # what gym.make says where gymnasium-robotics is not installed
+        raise envs.gym.error.NameNotFound(f"Environment `{env_id}` doesn't exist.")
+
+    monkeypatch.setattr(envs.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(envs.gym, "make", unregistered)
     with pytest.raises(RuntimeError, match="pip install gymnasium-robotics"):
         envs.make_env("AdroitHandPen-v1")
 

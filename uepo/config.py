@@ -144,7 +144,7 @@ class OnlineConfig:
     entropy: float = f(0.01, "entropy bonus")
     gamma: float = f(0.99, "discount")
     gae_lambda: float = f(0.95, "GAE λ")
-    lr_actor: float = f(2e-5, "head learning rate")
+    lr_actor: float = f(0.0, "head learning rate; 0: by robot family (2e-5 locomotion, 5e-6 Adroit)")
     lr_critic: float = f(2e-4, "value learning rate")
     reward_scale: float = f(0.1, "rewards are multiplied by this")
     grad_clip: float = f(0.5, "gradient-norm clip")

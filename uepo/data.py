@@ -18,31 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# D4RL reference returns (SPEC §1), used when a dataset's metadata has none. Keyed by robot.
-D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
-    "hopper": (-20.272305, 3234.3),
-    "halfcheetah": (-280.178953, 12135.0),
-    "walker2d": (1.629008, 4592.3),
-    "pen": (96.262799, 3076.83),
-    "door": (-56.512833, 2880.57),
-    "hammer": (-274.856578, 12794.13),
-    "relocate": (-6.425911, 4233.88),
-}
+from uepo import tasks
+from uepo.tasks import D4RL_REF_SCORES, robot_name  # noqa: F401 (re-exported)
 
 STATE_STD_EPS = 1e-6  # added to the state std (SPEC §1)
 
 
 class DatasetError(ValueError):
     """The dataset cannot be used; the message says what to do."""
-
-
-def robot_name(env_id: str | None, dataset_id: str = "") -> str | None:
-    """'hopper', 'walker2d', 'halfcheetah', 'pen', ... from an env id (or the dataset id)."""
-    text = f"{env_id or ''} {dataset_id}".lower()
-    for name in ("halfcheetah", "hopper", "walker2d", "pen", "door", "hammer", "relocate"):
-        if name in text or (name == "walker2d" and "walker" in text):
-            return name
-    return None
 
 
 @dataclass
@@ -116,8 +99,7 @@ class OfflineData:
                 "metadata) and its robot has no D4RL constants, so normalised scores are undefined; "
                 "compare raw returns instead"
             )
-        r = np.asarray(returns.cpu() if isinstance(returns, Tensor) else returns, dtype=np.float64)
-        return 100.0 * (r - self.ref_min_score) / (self.ref_max_score - self.ref_min_score)
+        return tasks.normalized_score(returns, (self.ref_min_score, self.ref_max_score))
 
 
 def load_minari(dataset_id: str, download: bool = False) -> Any:
@@ -218,12 +200,10 @@ def load_offline_data(dataset_id: str, download: bool = False, action_clip: floa
     env_spec = getattr(ds.spec, "eval_env_spec", None) or getattr(ds.spec, "env_spec", None)
     env_id = env_spec.id if env_spec is not None else None
     meta = ds.storage.metadata
-    ref_min, ref_max = meta.get("ref_min_score"), meta.get("ref_max_score")
-    robot = robot_name(env_id, dataset_id)
-    ref_source = "metadata"
-    if ref_min is None or ref_max is None:
-        ref_min, ref_max = D4RL_REF_SCORES.get(robot or "", (None, None))
-        ref_source = "d4rl-constants" if ref_min is not None else "none"
+    ref = tasks.reference_scores(env_id, dataset_id, meta)
+    ref_min, ref_max = ref if ref is not None else (None, None)
+    has_meta = meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None
+    ref_source = "metadata" if has_meta else ("d4rl-constants" if ref is not None else "none")
     obs_t = t(obs_np)
     returns_np = np.asarray(returns)
     data = OfflineData(

@@ -14,13 +14,7 @@ import numpy as np
 import torch
 
 from uepo.policy import MultiSeedPolicy
-
-
-def normalized_score(returns: np.ndarray, ref_min: float | None, ref_max: float | None) -> np.ndarray | None:
-    """100·(R − ref_min)/(ref_max − ref_min); None when the dataset has no reference returns."""
-    if ref_min is None or ref_max is None:
-        return None
-    return 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
+from uepo.tasks import normalized_score, reference_scores
 
 
 def evaluate_policy(
@@ -63,7 +57,7 @@ def evaluate_policy(
         return a.clamp(-1, 1).numpy().astype(np.float64)
 
     returns, lengths = run_episodes(act, env, episodes, seed, history=policy.history, num_envs=num_envs)
-    scores = normalized_score(returns, ref_min_score, ref_max_score)
+    scores = normalized_score(returns, (ref_min_score, ref_max_score))
     env_id = env if isinstance(env, str) else getattr(env, "id", str(env))
     result = {
         "dataset": dataset_id,
@@ -163,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from uepo.data import D4RL_REF_SCORES, robot_name
     from uepo.envs import record_video, video_writer_problem
 
     parser = argparse.ArgumentParser(
@@ -195,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"uepo.evaluate: cannot write {args.video}: {problem}", file=sys.stderr)
         return 2
     dataset = bundle.get("dataset") or {}
-    ref_min, ref_max = dataset.get("ref_min_score"), dataset.get("ref_max_score")
-    if ref_min is None or ref_max is None:
-        ref_min, ref_max = D4RL_REF_SCORES.get(robot_name(bundle["env_id"]) or "", (None, None))
+    ref_min, ref_max = reference_scores(bundle["env_id"], dataset.get("dataset_id", ""), dataset) or (None, None)
     index = int(bundle["selected"]) if args.sub_policy is None else args.sub_policy
     result = evaluate_policy(policy, bundle["env_id"], index, episodes=args.episodes, seed=args.seed,
                              raw=args.raw, dataset_id=dataset.get("dataset_id", ""),

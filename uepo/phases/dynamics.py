@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,39 +24,12 @@ from uepo.nets import DynamicsEnsemble
 from uepo.phases import PHASE_SEED_OFFSETS, PhaseContext, sample_indices
 from uepo.policy import MultiSeedPolicy
 from uepo.runs import capture_rng, check_finite, restore_rng, seed_everything
+from uepo.tasks import TerminationFn, family, termination_fn
 
 PHASE = "dynamics"
 LOGVAR_BOUND_PENALTY = 0.01  # pulls the learned log-variance bounds together (MBPO/Uni-O4)
 MAX_HOLDOUT = 5000
 SUPPORT_QUANTILES_LOGGED = (0.9, 0.99)  # of T̂'s disagreement on real hold-out pairs (AM-Q's support)
-ADROIT = ("pen", "door", "hammer", "relocate")
-
-TerminationFn = Callable[[Tensor, Tensor, Tensor], Tensor]  # (obs, action, next_obs) raw -> done (N,) bool
-
-
-def termination_fn(robot: str | None) -> TerminationFn:
-    """The task's termination rule on raw states (Gymnasium MuJoCo v5 / D4RL conventions)."""
-    if robot == "hopper":  # healthy: z > 0.7, |angle| < 0.2, |state| < 100
-        def hopper(obs: Tensor, act: Tensor, nxt: Tensor) -> Tensor:
-            z, angle = nxt[:, 0], nxt[:, 1]
-            healthy = (z > 0.7) & (angle.abs() < 0.2) & (nxt[:, 1:].abs() < 100).all(-1)
-            return ~healthy | ~torch.isfinite(nxt).all(-1)
-        return hopper
-    if robot == "walker2d":  # healthy: 0.8 < z < 2, |angle| < 1
-        def walker(obs: Tensor, act: Tensor, nxt: Tensor) -> Tensor:
-            z, angle = nxt[:, 0], nxt[:, 1]
-            healthy = (z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0)
-            return ~healthy | ~torch.isfinite(nxt).all(-1)
-        return walker
-    if robot == "halfcheetah" or robot in ADROIT:  # these envs never terminate (only time limits)
-        def never(obs: Tensor, act: Tensor, nxt: Tensor) -> Tensor:
-            return ~torch.isfinite(nxt).all(-1)
-        return never
-    raise ValueError(
-        f"no termination function for robot {robot!r}: uepo knows hopper, walker2d, halfcheetah and the "
-        "Adroit tasks (pen, door, hammer, relocate); add one to uepo.phases.dynamics.termination_fn"
-    )
-
 
 @dataclass
 class Transitions:
@@ -161,7 +133,7 @@ def fit_ensemble(ctx: PhaseContext, stage: str, train: Transitions, holdout: Tra
     """Fit a fresh ensemble with bootstrap resamples and per-member early stopping (resumable per epoch)."""
     cfg: DynamicsConfig = ctx.cfg.dynamics
     data, run = ctx.data, ctx.run
-    hidden = cfg.hidden or (400 if data.robot in ADROIT else 200)
+    hidden = cfg.hidden or family(data.robot).dynamics_hidden
     model = DynamicsEnsemble(data.obs_dim, data.action_dim, cfg.ensemble, hidden, cfg.layers, cfg.elites)
     obs, act, tgt = train.inputs_targets
     model.set_scaler(torch.cat([obs, act], -1), tgt)
@@ -296,7 +268,7 @@ def augment(ctx: PhaseContext, model: DynamicsEnsemble, policy: MultiSeedPolicy,
 def train_dynamics(ctx: PhaseContext, policy: MultiSeedPolicy) -> Dynamics:
     cfg, data, run = ctx.cfg.dynamics, ctx.data, ctx.run
     terminal = termination_fn(data.robot)
-    hidden = cfg.hidden or (400 if data.robot in ADROIT else 200)
+    hidden = cfg.hidden or family(data.robot).dynamics_hidden
 
     def build() -> DynamicsEnsemble:
         return DynamicsEnsemble(data.obs_dim, data.action_dim, cfg.ensemble, hidden, cfg.layers, cfg.elites)

@@ -26,9 +26,10 @@ from torch import Tensor, nn
 
 from uepo.phases import PHASE_SEED_OFFSETS, PhaseContext, sample_indices
 from uepo.phases.critics import Critics
-from uepo.phases.dynamics import ADROIT, Dynamics
+from uepo.phases.dynamics import Dynamics
 from uepo.policy import MultiSeedPolicy
 from uepo.runs import capture_rng, check_finite, restore_rng, seed_everything
+from uepo.tasks import family
 
 PHASE = "improve"
 AMQ_NOISE_SEED = 12345  # common random numbers of every AM-Q rollout
@@ -86,14 +87,15 @@ class AmQ:
 
     value: float  # Ĵ: mean of Q_τ (clipped to the support's bounds) over the counted pairs
     unclipped: float  # the same mean of the raw Q_τ
-    support_fraction: float  # counted pairs / (start states × horizon)
+    support_fraction: float  # pairs inside the support and alive / (start states × horizon)
     clip_fraction: float  # share of the counted Q_τ outside [q_low, q_high]
     plausible: bool  # finite, and the raw mean inside [q_low, q_high]
+    left_fraction: float = 0.0  # share of the rows that left the support (the rest ran on or fell)
 
     def metrics(self, i: int) -> dict[str, float]:
         return {f"amq_{i}": self.value, f"amq_unclipped_{i}": self.unclipped,
-                f"amq_support_{i}": self.support_fraction, f"amq_clipped_{i}": self.clip_fraction,
-                f"amq_plausible_{i}": float(self.plausible)}
+                f"amq_support_{i}": self.support_fraction, f"amq_left_{i}": self.left_fraction,
+                f"amq_clipped_{i}": self.clip_fraction, f"amq_plausible_{i}": float(self.plausible)}
 
 
 @torch.no_grad()
@@ -142,7 +144,8 @@ def am_q(act: ActFn, dynamics: Dynamics, critics: Critics, start_histories: Tens
     counted = inside + after_falls + after_leaving
     value, raw = total / counted, total_raw / counted
     plausible = math.isfinite(raw) and support.q_low <= raw <= support.q_high
-    return AmQ(value, raw, inside / (rows * horizon), clipped / max(1, inside), plausible)
+    return AmQ(value, raw, inside / (rows * horizon), clipped / max(1, inside), plausible,
+               float((left_at >= 0).double().mean()))
 
 
 def head_act_fn(policy: MultiSeedPolicy, head: nn.Module, index: int) -> ActFn:
@@ -213,7 +216,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
 
     seed_everything(ctx.cfg.seed * 1000 + PHASE_SEED_OFFSETS[PHASE])
     gen = ctx.generator(PHASE)
-    horizon = cfg.ope_horizon or (20 if data.robot in ADROIT else 200)
+    horizon = cfg.ope_horizon or family(data.robot).ope_horizon
     support = Support.of(data, dynamics, critics, ctx.cfg.critics.gamma, cfg.ope_state_margin,
                          cfg.ope_support_quantile)
     obs_n = data.normalize(data.obs)
@@ -226,8 +229,8 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
     cached = run.load_checkpoint(f"{PHASE}_cache")
     if cached is None:
         run.drop_metrics(PHASE)
-        run.log(PHASE, 0, amq_support_disagreement=support.disagreement, amq_q_low=support.q_low,
-                amq_q_high=support.q_high, amq_q_floor=support.q_floor)
+        run.log(PHASE, 0, amq_horizon=horizon, amq_support_disagreement=support.disagreement,
+                amq_q_low=support.q_low, amq_q_high=support.q_high, amq_q_floor=support.q_floor)
         base_all = cache_base_actions(policy, data.cond(torch.arange(data.size), policy.history))
         ope_idx = sample_indices(data.size, min(cfg.ope_states, data.size), gen)
         warm_nll = []

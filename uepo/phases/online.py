@@ -32,12 +32,12 @@ from gymnasium.envs.registration import EnvSpec
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from uepo import envs, ops
+from uepo import envs, ops, tasks
 from uepo.config import OnlineConfig
-from uepo.data import D4RL_REF_SCORES, robot_name
 from uepo.nets import ValueNet
 from uepo.policy import MultiSeedPolicy
 from uepo.runs import Run, capture_rng, check_finite, restore_rng, seed_everything
+from uepo.tasks import normalized_score
 
 PHASE = "online"
 CHECKPOINT = "online"
@@ -49,17 +49,11 @@ ONLINE_SEED_OFFSET = 6
 def reference_scores(env_id: str, dataset_info: dict | None = None) -> tuple[float, float]:
     """(ref_min, ref_max) from the dataset's provenance (its Minari metadata), else D4RL's constants."""
     info = dataset_info or {}
-    if info.get("ref_min_score") is not None and info.get("ref_max_score") is not None:
-        return float(info["ref_min_score"]), float(info["ref_max_score"])
-    robot = robot_name(env_id, info.get("dataset_id", ""))
-    if robot is None:
+    ref = tasks.reference_scores(env_id, info.get("dataset_id", ""), info)
+    if ref is None:
         raise ValueError(f"no reference returns for env {env_id!r}: the dataset's metadata has none and "
                          "it is not a D4RL robot; pass ref_scores=(min, max)")
-    return D4RL_REF_SCORES[robot]
-
-
-def normalized_score(returns: np.ndarray | float, ref: tuple[float, float]) -> np.ndarray:
-    return 100.0 * (np.asarray(returns, dtype=np.float64) - ref[0]) / (ref[1] - ref[0])
+    return ref
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +158,8 @@ class OnlineAgent:
     chain, the same function, so that the policy gradient reaches the denoiser.
     """
 
-    def __init__(self, policy: MultiSeedPolicy, selected: int, value: ValueNet, cfg: OnlineConfig):
+    def __init__(self, policy: MultiSeedPolicy, selected: int, value: ValueNet, cfg: OnlineConfig,
+                 robot: str | None = None):
         self.policy, self.selected, self.value = policy, selected, value
         self.head = policy.heads[selected]
         self.train_backbone = not cfg.freeze_backbone
@@ -172,7 +167,8 @@ class OnlineAgent:
         self.actor_params = list(self.head.parameters())
         if self.train_backbone:
             self.actor_params += list(policy.denoiser.parameters())
-        self.opt_actor = torch.optim.Adam(self.actor_params, lr=cfg.lr_actor, eps=1e-5)
+        self.lr_actor = cfg.lr_actor or tasks.family(robot).online_lr_actor  # 0: the robot family's
+        self.opt_actor = torch.optim.Adam(self.actor_params, lr=self.lr_actor, eps=1e-5)
         self.opt_critic = torch.optim.Adam(self.value.parameters(), lr=cfg.lr_critic, eps=1e-5)
 
     def base_with_grad(self, obs_history: Tensor) -> Tensor:
@@ -344,7 +340,8 @@ def run_online(
     value = load_value(offline["value"], policy.obs_dim)
     if cfg.refit_value and cfg.reward_scale != 1.0:
         scale_value(value, cfg.reward_scale)
-    agent = OnlineAgent(policy, selected, value, cfg)
+    robot = tasks.robot_name(env_id, (offline.get("dataset") or {}).get("dataset_id", ""))
+    agent = OnlineAgent(policy, selected, value, cfg, robot)
 
     num_envs = cfg.num_envs
     steps_per_env = cfg.rollout_steps // num_envs
@@ -443,7 +440,7 @@ def run_online(
     summary = {"env_id": env_id, "selected": selected, "env_steps": counters["env_steps"],
                "score_start": history["score_start"], "score_final": history["last_score"],
                "score_best": history["best_score"] if history["last_score"] is not None else None,
-               "ref_scores": list(ref),
+               "ref_scores": list(ref), "lr_actor": agent.lr_actor,
                "eval_episodes": cfg.eval_episodes, "num_envs": num_envs, "kernel_backend": ops.backend("cpu"),
                "rollout_steps_per_s": history["collect_steps"] / max(history["collect_s"], 1e-9)}
     checkpoint(True, summary)

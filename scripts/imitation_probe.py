@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from uepo import ops
-from uepo.config import parse_args
+from uepo.cli import parse_args
 from uepo.data import load_offline_data
 from uepo.evaluate import evaluate_policy
 from uepo.phases import PhaseContext, sample_indices

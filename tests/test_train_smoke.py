@@ -161,7 +161,7 @@ def test_reuse_from_equals_training_again(smoke_run, tiny_hopper, tmp_path, flag
 
 
 def test_reuse_from_copies_only_phases_whose_inputs_match(smoke_run, tiny_hopper):
-    from uepo.config import parse_args
+    from uepo.cli import parse_args
     from uepo.reuse import reusable_phases
 
     def reusable(*flags):
@@ -185,7 +185,7 @@ def test_resume_accepts_a_run_from_before_a_field_existed(smoke_run, tiny_hopper
     """A config field added after a run started, left at its default, does not block --resume."""
     import shutil
 
-    from uepo.config import parse_args
+    from uepo.cli import parse_args
     from uepo.train import check_resume
 
     old = tmp_path / "old"

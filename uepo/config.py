@@ -1,14 +1,12 @@
-"""Configuration: one dataclass per phase, presets by name, YAML file + ``--field value`` overrides.
+"""Configuration schema: one dataclass per phase, presets by name, YAML files and nested overrides.
 
 Every field carries its one-line description as ``metadata["help"]`` (shown by ``--help``).
-Resolution order: preset -> YAML file (``--config FILE``) -> command-line overrides. A field can
-be set as ``--field value`` when its name is unique across sections, or always as
-``--section.field value``.
+Resolution order: preset -> YAML file -> overrides; the command line that builds on it is
+``uepo.cli``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,98 +291,6 @@ def load_yaml(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must be a mapping of fields")
     return data
-
-
-def _field_index() -> tuple[dict[str, tuple[str | None, dataclasses.Field]], set[str]]:
-    """flag name -> (section or None, field); and the names that are ambiguous without a section."""
-    index: dict[str, tuple[str | None, dataclasses.Field]] = {}
-    seen: dict[str, int] = {}
-    for fl in dataclasses.fields(Config):
-        if fl.name not in SECTIONS:
-            index[fl.name] = (None, fl)
-            seen[fl.name] = seen.get(fl.name, 0) + 1
-    for sec in SECTIONS:
-        for fl in dataclasses.fields(getattr(Config(), sec)):
-            index[f"{sec}.{fl.name}"] = (sec, fl)
-            seen[fl.name] = seen.get(fl.name, 0) + 1
-    ambiguous = {name for name, count in seen.items() if count > 1}
-    return index, ambiguous
-
-
-# Shorthand flags of the CLI (the paper's comparisons and ablations) -> overrides.
-SHORTHANDS: dict[str, tuple[str, dict[str, Any]]] = {
-    "--no-divergence": ("no adaptive perturbation in the sampler", {"pretrain": {"divergence": False}}),
-    "--no-seq-kl": ("no sequence-level KL term in L_B", {"pretrain": {"seq_kl": False}}),
-    "--no-augmentation": ("no diffusion augmentation of the dynamics data",
-                          {"dynamics": {"augmentation": False}}),
-    "--download": ("let Minari download the dataset", {"download": True}),
-    "--resume": ("continue run_dir from its checkpoints", {"resume": True}),
-}
-
-
-def build_parser(prog: str = "python -m uepo.train") -> argparse.ArgumentParser:
-    index, ambiguous = _field_index()
-    parser = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run the UEPO pipeline on a Minari dataset: offline phases A–D, then online PPO (E).",
-        epilog="Fields can also be set as --section.field; unique field names also as --field.",
-    )
-    parser.add_argument("--config", default=None, help="YAML file of overrides (applied after the preset)")
-    for flag, (help_text, _) in SHORTHANDS.items():
-        dest = "short_" + flag[2:].replace("-", "_")
-        if flag == "--resume":  # --resume RUN_DIR, or --resume with --run_dir
-            parser.add_argument(flag, nargs="?", const=True, default=False, metavar="RUN_DIR", dest=dest,
-                                help=help_text + " (RUN_DIR: the run directory to continue)")
-        else:
-            parser.add_argument(flag, action="store_true", dest=dest, help=help_text)
-    for name, (sec, fl) in index.items():
-        default = getattr(getattr(Config(), sec) if sec else Config(), fl.name)
-        flags = [f"--{name}"]
-        if sec and fl.name not in ambiguous:
-            flags.append(f"--{fl.name}")
-        if sec is None and name in ("resume", "download"):
-            continue  # given by the shorthand flags above
-        group = parser if sec is None else _group(parser, sec)
-        group.add_argument(*flags, dest="field__" + name.replace(".", "__"), default=None, metavar="V",
-                           help=f"{fl.metadata.get('help', '')} (default {default!r})")
-    return parser
-
-
-def _group(parser: argparse.ArgumentParser, sec: str) -> argparse._ArgumentGroup:
-    # kept on the parser itself: a cache keyed by id(parser) hands a new parser a dead one's groups
-    groups = parser.__dict__.setdefault("_uepo_groups", {})
-    if sec not in groups:
-        groups[sec] = parser.add_argument_group(f"{sec} ({type(getattr(Config(), sec)).__name__})")
-    return groups[sec]
-
-
-def parse_args(argv: list[str] | None = None) -> Config:
-    """preset -> YAML -> CLI overrides -> validated ``Config``."""
-    args = build_parser().parse_args(argv)
-    values = vars(args)
-    cli: dict[str, Any] = {}
-    for key, value in values.items():
-        if key.startswith("field__") and value is not None:
-            parts = key[len("field__"):].split("__")
-            if len(parts) == 2:
-                cli.setdefault(parts[0], {})[parts[1]] = value
-            else:
-                cli[parts[0]] = value
-    preset_name = cli.get("preset", Config().preset)
-    if args.config:
-        file_over = load_yaml(Path(args.config))
-        preset_name = cli.get("preset", file_over.get("preset", preset_name))
-    cfg = preset(str(preset_name))
-    if args.config:
-        apply_overrides(cfg, load_yaml(Path(args.config)))
-    for flag, (_, over) in SHORTHANDS.items():
-        if values["short_" + flag[2:].replace("-", "_")]:
-            apply_overrides(cfg, over)
-    if isinstance(args.short_resume, str):
-        cli["run_dir"] = args.short_resume
-    apply_overrides(cfg, cli)
-    validate(cfg)
-    return cfg
 
 
 def validate(cfg: Config) -> None:

@@ -189,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dataset = bundle.get("dataset") or {}
     ref_min, ref_max = reference_scores(bundle["env_id"], dataset.get("dataset_id", ""), dataset) or (None, None)
+    from uepo.api import unfinished_online
+
+    if note := unfinished_online(bundle):
+        print(f"uepo.evaluate: note: {path}: {note}", file=sys.stderr)
     index = int(bundle["selected"]) if args.sub_policy is None else args.sub_policy
     result = evaluate_policy(policy, bundle["env_id"], index, episodes=args.episodes, seed=args.seed,
                              raw=args.raw, dataset_id=dataset.get("dataset_id", ""),

@@ -88,6 +88,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write_bytes(Path(path), lambda f: f.write(text.encode()))
 
 
+# Checkpoints in the order the pipeline writes them (``latest.pt`` never moves back along it).
+CHECKPOINT_ORDER = ("critics_progress", "critics", "pretrain_progress", "pretrain", "dynamics_T0_progress",
+                    "dynamics_T0", "dynamics_augmented", "dynamics_T_progress", "dynamics", "improve_cache",
+                    "improve_progress", "improve", "offline", "online")
+
+
 class Run:
     """One run directory: metrics, timers, checkpoints, summary."""
 
@@ -159,9 +165,12 @@ class Run:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, name: str, state: dict) -> Path:
+        """Write checkpoints/<name>.pt atomically, and latest.pt too unless the run already holds a
+        checkpoint of a later pipeline stage (a resumed run re-saves offline.pt after online.pt)."""
         path = self.checkpoints / f"{name}.pt"
         atomic_torch_save(state, path)
-        if name != "latest":
+        later = CHECKPOINT_ORDER[CHECKPOINT_ORDER.index(name) + 1:] if name in CHECKPOINT_ORDER else ()
+        if name != "latest" and not any((self.checkpoints / f"{n}.pt").exists() for n in later):
             atomic_torch_save(state, self.checkpoints / "latest.pt")
         return path
 

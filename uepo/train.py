@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from uepo import ops
-from uepo.config import Config, load_yaml, parse_args, preset, save_yaml, to_dict
+from uepo.cli import parse_args
+from uepo.config import Config, load_yaml, preset, save_yaml, to_dict, validate
 from uepo.data import DatasetError, OfflineData, load_offline_data
 from uepo.evaluate import evaluate_policy, selection_report
 from uepo.phases import PhaseContext
@@ -156,7 +157,7 @@ def selection_table(scores: dict, selection: dict, episodes: int) -> str:
     return "\n".join(lines)
 
 
-def run_offline(ctx: PhaseContext, done: list[str]) -> int:
+def run_offline(ctx: PhaseContext, done: list[str]) -> None:
     """Phases A–D, the offline artefact checkpoints/offline.pt, and the offline evaluation."""
     run, cfg, data = ctx.run, ctx.cfg, ctx.data
     try:
@@ -176,8 +177,7 @@ def run_offline(ctx: PhaseContext, done: list[str]) -> int:
         done.append(PHASES_RUN[3])
     except NonFiniteLossError as exc:
         run.update_summary(phases_run=done, error=str(exc))
-        print(f"uepo.train: stopped: {exc}", file=sys.stderr)
-        return 3
+        raise
     finally:
         run.update_summary(phases_run=list(done))
 
@@ -223,65 +223,66 @@ def run_offline(ctx: PhaseContext, done: list[str]) -> int:
               file=sys.stderr)
     for message in warnings:
         print(f"uepo.train: WARNING: {message}", file=sys.stderr)
-    return 0
 
 
-def run_online_phase(ctx: PhaseContext, done: list[str]) -> int:
+def run_online_phase(ctx: PhaseContext, done: list[str]) -> None:
     """Phase E from checkpoints/offline.pt (resumes from checkpoints/online.pt when present)."""
     run, cfg, data = ctx.run, ctx.cfg, ctx.data
     offline = run.load_checkpoint("offline")
     if offline is None:
-        print(f"uepo.train: {run.checkpoints / 'offline.pt'} does not exist: run the offline phases first "
-              "(--phases offline or all)", file=sys.stderr)
-        return 2
+        raise UsageError(f"{run.checkpoints / 'offline.pt'} does not exist: run the offline phases first "
+                         "(--phases offline or all)")
     try:
-        summary = run_online(run, cfg.online, offline, seed=cfg.seed, env=data.env_spec or offline["env_id"])
+        summary = run_online(run, cfg.online, offline, seed=cfg.seed, env=data.env_spec or offline["env_id"],
+                             progress=ctx.progress)
     except NonFiniteLossError as exc:
         run.update_summary(phases_run=done, error=str(exc))
-        print(f"uepo.train: stopped: {exc}", file=sys.stderr)
-        return 3
+        raise
     done.append(PHASE_ONLINE)
     run.update_summary(phases_run=done)
     if summary["score_final"] is not None:
         print(f"{data.dataset_id} [{summary['env_id']}] online: normalised score "
               f"{summary['score_start']:.1f} -> {summary['score_final']:.1f} after "
               f"{summary['env_steps']} env steps ({cfg.online.eval_episodes} episodes)", file=sys.stderr)
-    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_args(argv)
-    except ValueError as exc:  # unknown preset or field, wrong type: say which
-        print(f"uepo.train: {exc}", file=sys.stderr)
-        return 2
+class UsageError(ValueError):
+    """The run cannot start as asked (an existing run, a config that differs on resume, ...)."""
+
+
+def fit(cfg: Config, command: str | None = None, progress: bool = True) -> Run:
+    """Run the phases ``cfg.phases`` asks for in ``run_directory(cfg)``; returns the (closed) Run.
+
+    Raises ``DatasetError``, ``UsageError`` (or ``FileNotFoundError``) before anything is trained when
+    the run cannot start, and ``NonFiniteLossError`` (after recording it in summary.json) when a loss
+    diverges; the last good checkpoint is kept, so ``--resume`` continues from there.
+    """
+    validate(cfg)
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    try:
-        data: OfflineData = load_offline_data(cfg.dataset, cfg.download, cfg.data.action_clip)
-    except DatasetError as exc:
-        print(f"uepo.train: {exc}", file=sys.stderr)
-        return 2
-
+    data: OfflineData = load_offline_data(cfg.dataset, cfg.download, cfg.data.action_clip)
     root = run_directory(cfg)
     if cfg.resume:
-        try:
-            check_resume(cfg, root)
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"uepo.train: {exc}", file=sys.stderr)
-            return 2
+        check_resume(cfg, root)
     elif (root / "config.yaml").exists():
-        print(f"uepo.train: {root} already holds a run; pass --resume to continue it or choose another "
-              "--run_dir", file=sys.stderr)
-        return 2
+        raise UsageError(f"{root} already holds a run; pass --resume to continue it or choose another --run_dir")
     run = Run(root, resume=cfg.resume)
+    try:
+        _fit_in(run, cfg, data, command, progress)
+    finally:
+        run.close()
+    return run
+
+
+def _fit_in(run: Run, cfg: Config, data: OfflineData, command: str | None, progress: bool) -> None:
+    root = run.dir
     # --phases online adds to the phases an earlier invocation ran
     done: list[str] = [p for p in run.read_summary().get("phases_run", []) if p != PHASE_ONLINE] \
         if cfg.phases == "online" else []
     save_yaml(cfg, root / "config.yaml")
     run.update_summary(
         dataset=data.provenance, env_id=data.env_id, preset=cfg.preset, seed=cfg.seed, policy=cfg.policy,
-        command=" ".join(["python -m uepo.train", *(argv if argv is not None else sys.argv[1:])]),
+        command=command or "uepo.fit(...)",
         provenance={"git_commit": git_commit(), "torch": torch.__version__,
                     "python": platform.python_version(),
                     "kernel_backend": ops.backend(cfg.device), "threads": cfg.threads,
@@ -292,22 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"uepo.train: run directory {root}; dataset {data.dataset_id} ({data.size} steps, "
           f"env {data.env_id}); kernel backend {ops.backend(cfg.device)}", file=sys.stderr)
     if cfg.reuse_from and not cfg.resume and cfg.phases != "online":
-        try:
-            reused = reuse_phases(cfg, Path(cfg.reuse_from), run, data.provenance.get("content_sha256"))
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"uepo.train: {exc}", file=sys.stderr)
-            return 2
+        reused = reuse_phases(cfg, Path(cfg.reuse_from), run, data.provenance.get("content_sha256"))
         print(f"uepo.train: reused from {cfg.reuse_from} (same inputs, so the same result): "
               f"{', '.join(reused) or 'nothing'}", file=sys.stderr)
-    ctx = PhaseContext(run, cfg, data, torch.device(cfg.device))
+    ctx = PhaseContext(run, cfg, data, torch.device(cfg.device), progress=progress)
     if cfg.phases in ("offline", "all"):
-        code = run_offline(ctx, done)
-        if code:
-            return code
+        run_offline(ctx, done)
     if cfg.phases in ("online", "all"):
-        code = run_online_phase(ctx, done)
-        if code:
-            return code
+        run_online_phase(ctx, done)
     timings = run.read_summary().get("timings_s", {})
     print("uepo.train: wall time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
           file=sys.stderr)
@@ -318,7 +311,20 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     print(f"uepo.train: results in {root}: summary.json, metrics.csv, checkpoints/ "
           f"({len(written)} plots in {root / 'plots'})", file=sys.stderr)
-    run.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m uepo.train``: exit 0 when done, 2 when the run cannot start, 3 when a loss diverged."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = parse_args(argv)
+        fit(cfg, command=" ".join(["python -m uepo.train", *argv]))
+    except (DatasetError, ValueError, FileNotFoundError) as exc:  # said before anything was trained
+        print(f"uepo.train: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        print(f"uepo.train: stopped: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

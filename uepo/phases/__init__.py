@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from uepo.config import Config
 from uepo.data import OfflineData
-from uepo.runs import Run
+from uepo.runs import Run, capture_rng, restore_rng
 
 PHASE_SEED_OFFSETS = {"critics": 1, "pretrain": 2, "dynamics": 3, "improve": 4, "evaluate": 5}
 
@@ -61,6 +61,22 @@ class BatchSampler:
             pick = torch.randint(0, self.start_pool.shape[0], (k,), generator=generator)
             idx[:k] = self.start_pool[pick]
         return idx
+
+
+def snapshot(gen: torch.Generator, **stateful: Any) -> dict[str, Any]:
+    """The resumable part of a progress checkpoint: each named object's ``state_dict()``, the phase's
+    batch generator and the global RNGs. ``restore`` puts them back, so a resumed phase draws exactly
+    what the uninterrupted one would have."""
+    return {**{name: obj.state_dict() for name, obj in stateful.items()}, "generator": gen.get_state(),
+            "rng": capture_rng()}
+
+
+def restore(state: dict[str, Any], gen: torch.Generator, **stateful: Any) -> None:
+    """Undo ``snapshot``: load each named object's state, then the batch generator and the global RNGs."""
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
+    gen.set_state(state["generator"])
+    restore_rng(state["rng"])
 
 
 def optimizer_state(opts: dict[str, Any]) -> dict[str, Any]:

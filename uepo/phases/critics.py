@@ -18,9 +18,11 @@ from uepo.phases import (
     PhaseContext,
     load_optimizer_state,
     optimizer_state,
+    restore,
     sample_indices,
+    snapshot,
 )
-from uepo.runs import capture_rng, check_finite, restore_rng, seed_everything
+from uepo.runs import check_finite, seed_everything
 
 PHASE = "critics"
 
@@ -60,12 +62,8 @@ def train_critics(ctx: PhaseContext) -> Critics:
     start = 0
     progress = run.load_checkpoint(f"{PHASE}_progress")
     if progress is not None:
-        q.load_state_dict(progress["q"])
-        q_target.load_state_dict(progress["q_target"])
-        v.load_state_dict(progress["v"])
+        restore(progress, gen, q=q, q_target=q_target, v=v)
         load_optimizer_state(opts, progress["optimizers"])
-        gen.set_state(progress["generator"])
-        restore_rng(progress["rng"])
         start = progress["step"]
     run.drop_metrics(PHASE, start)
 
@@ -73,11 +71,8 @@ def train_critics(ctx: PhaseContext) -> Critics:
     not_done = 1.0 - data.terminals
 
     def save_progress(step: int) -> None:
-        run.save_checkpoint(f"{PHASE}_progress", {
-            "q": q.state_dict(), "q_target": q_target.state_dict(), "v": v.state_dict(),
-            "optimizers": optimizer_state(opts), "generator": gen.get_state(), "rng": capture_rng(),
-            "step": step,
-        })
+        run.save_checkpoint(f"{PHASE}_progress", {**snapshot(gen, q=q, q_target=q_target, v=v),
+                                                   "optimizers": optimizer_state(opts), "step": step})
 
     bar = ctx.bar("A critics (IQL)", cfg.steps, start)
     for step in range(start, cfg.steps):

@@ -21,9 +21,9 @@ from torch import Tensor
 from uepo.config import DynamicsConfig
 from uepo.diffusion import SeedBank, multiseed_sample
 from uepo.nets import DynamicsEnsemble
-from uepo.phases import PHASE_SEED_OFFSETS, PhaseContext, sample_indices
+from uepo.phases import PHASE_SEED_OFFSETS, PhaseContext, restore, sample_indices, snapshot
 from uepo.policy import MultiSeedPolicy
-from uepo.runs import capture_rng, check_finite, restore_rng, seed_everything
+from uepo.runs import check_finite, seed_everything
 from uepo.tasks import TerminationFn, family, termination_fn
 
 PHASE = "dynamics"
@@ -149,10 +149,7 @@ def fit_ensemble(ctx: PhaseContext, stage: str, train: Transitions, holdout: Tra
 
     progress = run.load_checkpoint(f"{PHASE}_{stage}_progress")
     if progress is not None:
-        model.load_state_dict(progress["model"])
-        opt.load_state_dict(progress["optimizer"])
-        gen.set_state(progress["generator"])
-        restore_rng(progress["rng"])
+        restore(progress, gen, model=model, optimizer=opt)
         boot, best, best_state = progress["boot"], progress["best"], progress["best_state"]
         epoch, since_improved = progress["epoch"], progress["since_improved"]
     run.drop_metrics(PHASE, epoch, key_prefix=f"{stage}_")
@@ -193,9 +190,8 @@ def fit_ensemble(ctx: PhaseContext, stage: str, train: Transitions, holdout: Tra
                                  f"{stage}_holdout_mse": float(mse.mean())})
         if epoch % cfg.checkpoint_every == 0:
             run.save_checkpoint(f"{PHASE}_{stage}_progress", {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                "rng": capture_rng(), "boot": boot, "best": best, "best_state": best_state, "epoch": epoch,
-                "since_improved": since_improved})
+                **snapshot(gen, model=model, optimizer=opt), "boot": boot, "best": best, "best_state": best_state,
+                "epoch": epoch, "since_improved": since_improved})
     bar.close()
     model.load_state_dict(best_state)
     model.elites.copy_(torch.argsort(best)[: cfg.elites])
@@ -300,14 +296,11 @@ def train_dynamics(ctx: PhaseContext, policy: MultiSeedPolicy) -> Dynamics:
     stage0 = run.load_checkpoint(f"{PHASE}_T0")
     if stage0 is None:
         model0 = fit_ensemble(ctx, "T0", real_train, holdout, gen)
-        run.save_checkpoint(f"{PHASE}_T0", {"model": model0.state_dict(), "generator": gen.get_state(),
-                                            "rng": capture_rng()})
+        run.save_checkpoint(f"{PHASE}_T0", snapshot(gen, model=model0))
     else:
         model0 = build()
-        model0.load_state_dict(stage0["model"])
+        restore(stage0, gen, model=model0)
         model0.eval()
-        gen.set_state(stage0["generator"])
-        restore_rng(stage0["rng"])
     scale = model0.out_std
     metrics = {"T0_holdout_nll": gaussian_nll_raw(model0, h_obs, h_act, h_tgt),
                "T0_holdout_error": holdout_error(model0, h_obs, h_act, h_tgt, scale)}
@@ -319,12 +312,11 @@ def train_dynamics(ctx: PhaseContext, policy: MultiSeedPolicy) -> Dynamics:
         aug_ckpt = run.load_checkpoint(f"{PHASE}_augmented")
         if aug_ckpt is None:
             aug, aug_metrics = augment(ctx, model0, policy, terminal, threshold, gen)
-            run.save_checkpoint(f"{PHASE}_augmented", {"transitions": aug.state(), "metrics": aug_metrics,
-                                                      "generator": gen.get_state(), "rng": capture_rng()})
+            run.save_checkpoint(f"{PHASE}_augmented", {**snapshot(gen), "transitions": aug.state(),
+                                                      "metrics": aug_metrics})
         else:
             aug, aug_metrics = Transitions(**aug_ckpt["transitions"]), aug_ckpt["metrics"]
-            gen.set_state(aug_ckpt["generator"])
-            restore_rng(aug_ckpt["rng"])
+            restore(aug_ckpt, gen)
         metrics.update(epsilon_kl=threshold, **aug_metrics)
         model = fit_ensemble(ctx, "T", real_train.cat(aug), holdout, gen)
         metrics.update(T_holdout_nll=gaussian_nll_raw(model, h_obs, h_act, h_tgt),

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from uepo.phases import PHASE_SEED_OFFSETS, PhaseContext, sample_indices
+from uepo.phases import PHASE_SEED_OFFSETS, PhaseContext, restore, sample_indices, snapshot
 from uepo.phases.critics import Critics
 from uepo.phases.dynamics import Dynamics
 from uepo.policy import MultiSeedPolicy
-from uepo.runs import capture_rng, check_finite, restore_rng, seed_everything
+from uepo.runs import check_finite, seed_everything
 from uepo.tasks import family
 
 PHASE = "improve"
@@ -244,16 +244,14 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
             run.log(PHASE, 0, **r.metrics(i))
         amq_raw, raw_ok = [r.value for r in raw], [r.plausible for r in raw]
         run.save_checkpoint(f"{PHASE}_cache", {
-            "base": base_all, "ope_idx": ope_idx, "heads": [h.state_dict() for h in policy.heads],
-            "amq_raw": amq_raw, "amq_raw_plausible": raw_ok, "warm_nll": warm_nll,
-            "generator": gen.get_state(), "rng": capture_rng()})
+            **snapshot(gen), "base": base_all, "ope_idx": ope_idx, "heads": [h.state_dict() for h in policy.heads],
+            "amq_raw": amq_raw, "amq_raw_plausible": raw_ok, "warm_nll": warm_nll})
     else:
         base_all, ope_idx, amq_raw = cached["base"], cached["ope_idx"], cached["amq_raw"]
         raw_ok, warm_nll = cached["amq_raw_plausible"], cached["warm_nll"]
         for h, s in zip(policy.heads, cached["heads"], strict=True):
             h.load_state_dict(s)
-        gen.set_state(cached["generator"])
-        restore_rng(cached["rng"])
+        restore(cached, gen)
     start_hist = data.histories(ope_idx, policy.history)
     warnings = [warn(f"AM-Q of raw sub-policy {i} is implausible ({amq_raw[i]:.4g}, outside the "
                      f"[{support.q_low:.4g}, {support.q_high:.4g}] a discounted return on this data can take); "
@@ -279,12 +277,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / cfg.steps))
         clip, step, implausible = cfg.clip, 0, 0
         if resume_state is not None and resume_state["seed"] == i:
-            head.load_state_dict(resume_state["head"])
-            old.load_state_dict(resume_state["old"])
-            opt.load_state_dict(resume_state["optimizer"])
-            sched.load_state_dict(resume_state["scheduler"])
-            gen.set_state(resume_state["generator"])
-            restore_rng(resume_state["rng"])
+            restore(resume_state, gen, head=head, old=old, optimizer=opt, scheduler=sched)
             clip, step, implausible = resume_state["clip"], start, resume_state["implausible"]
             resume_state = None
         base_i = base_all[:, i]
@@ -309,10 +302,9 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
                                                                        f"loss_{i}": float(loss)})
                 bar.set_postfix(amq=f"{j.value:.4g}", best=f"{amq_best[i]:.4g}")
                 run.save_checkpoint(f"{PHASE}_progress", {
-                    "seed": i, "step": step, "amq_best": amq_best, "best_plausible": best_ok,
-                    "best_heads": best_heads, "head": head.state_dict(), "old": old.state_dict(),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                    "rng": capture_rng(), "clip": clip, "implausible": implausible})
+                    **snapshot(gen, head=head, old=old, optimizer=opt, scheduler=sched), "seed": i, "step": step,
+                    "amq_best": amq_best, "best_plausible": best_ok, "best_heads": best_heads, "clip": clip,
+                    "implausible": implausible})
         bar.close()
         if implausible:
             warnings.append(warn(f"BPPO of sub-policy {i}: {implausible} AM-Q evaluations were implausible and "

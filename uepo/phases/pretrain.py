@@ -20,9 +20,9 @@ from torch import Tensor, nn
 from uepo import ops
 from uepo.config import Config
 from uepo.diffusion import Schedule, SeedBank
-from uepo.phases import PHASE_SEED_OFFSETS, BatchSampler, PhaseContext, sample_indices
+from uepo.phases import PHASE_SEED_OFFSETS, BatchSampler, PhaseContext, restore, sample_indices, snapshot
 from uepo.policy import MultiSeedPolicy, build_backbone, policy_config
-from uepo.runs import capture_rng, check_finite, restore_rng, seed_everything
+from uepo.runs import check_finite, seed_everything
 
 PHASE = "pretrain"
 RUNNING_TAU_DECAY = 0.99  # smoothing of the running τ used by the chain during training
@@ -132,12 +132,7 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
     start, running_tau, last_kl = 0, 0.0, float("nan")
     progress = run.load_checkpoint(f"{PHASE}_progress")
     if progress is not None:
-        net.load_state_dict(progress["net"])
-        ema.load_state_dict(progress["ema"])
-        opt.load_state_dict(progress["optimizer"])
-        sched.load_state_dict(progress["scheduler"])
-        gen.set_state(progress["generator"])
-        restore_rng(progress["rng"])
+        restore(progress, gen, net=net, ema=ema, optimizer=opt, scheduler=sched)
         start, running_tau, last_kl = progress["step"], progress["running_tau"], progress["last_kl"]
     run.drop_metrics(PHASE, start)
 
@@ -152,8 +147,7 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
 
     def save_progress(step: int) -> None:
         run.save_checkpoint(f"{PHASE}_progress", {
-            "net": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "generator": gen.get_state(), "rng": capture_rng(),
+            **snapshot(gen, net=net, ema=ema, optimizer=opt, scheduler=sched),
             "step": step, "running_tau": running_tau, "last_kl": last_kl,
         })
 

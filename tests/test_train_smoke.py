@@ -115,7 +115,8 @@ def test_clear_errors_and_help(minari_root, tmp_path, capsys):
     assert "unknown preset" in capsys.readouterr().err
     for bad, says in ((["--selection", "oracle"], "--selection"), (["--seed_temperature", "-1"], "--seed_temperature"),
                       (["--start_fraction", "2"], "--start_fraction"), (["--ope_support_quantile", "0"],
-                                                                         "--ope_support_quantile")):
+                                                                         "--ope_support_quantile"),
+                      (["--device", "cuda"], "--device 'cuda'"), (["--device", "gpu0"], "not a torch device")):
         assert main(["--preset", "smoke", *bad]) == 2
         assert says in capsys.readouterr().err, bad
     out = subprocess.run([sys.executable, "-m", "uepo.train", "--help"], capture_output=True, text=True,

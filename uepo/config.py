@@ -310,9 +310,7 @@ def validate(cfg: Config) -> None:
         raise ValueError("--ope_support_quantile must be in (0, 1]")
     if cfg.pretrain.sampler not in ("ddim", "ddpm"):
         raise ValueError(f"--sampler must be 'ddim' or 'ddpm', got {cfg.pretrain.sampler!r}")
-    if cfg.device != "cpu":
-        raise ValueError(f"--device {cfg.device!r}: phases A–D run on the CPU in this version (the fused "
-                         "kernels have CUDA builds, the training loops do not move data yet); use --device cpu")
+    check_device(cfg.device)
     if cfg.data.horizon < 3:
         raise ValueError("--horizon must be >= 3 (the divergence uses accelerations)")
     if cfg.pretrain.seed_temperature < 0:
@@ -329,3 +327,23 @@ def validate(cfg: Config) -> None:
         raise ValueError("--elites cannot exceed --ensemble")
     if not 1 <= cfg.pretrain.kl_chain_steps <= cfg.pretrain.diffusion_steps:
         raise ValueError("--kl_chain_steps must be in [1, diffusion_steps]")
+
+
+def check_device(name: str) -> None:
+    """Refuse a device this version cannot train on, naming what was asked for and what was found."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...): {exc}") from None
+    if device.type == "cpu":
+        return
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+        raise ValueError(f"--device {name!r} asks for a CUDA GPU, but none is available here (torch "
+                         f"{torch.__version__} is {build}; torch.cuda.device_count() = {torch.cuda.device_count()}); "
+                         "use --device cpu")
+    found = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    raise ValueError(f"--device {name!r}: found {found}, but the training loops of this version run on the CPU "
+                     "only (the fused kernels have CUDA builds, the phases do not use them yet); use --device cpu")

@@ -41,6 +41,7 @@ class Job:
     variant: str
     out: Path
     preset: str
+    reuse_root: Path | None = None  # an earlier matrix: start from the same run's finished phases there
 
     @property
     def run_dir(self) -> Path:
@@ -74,8 +75,11 @@ class Job:
         cmd = [sys.executable, "-m", "uepo.train", "--dataset", self.dataset, "--preset", self.preset,
                "--seed", str(self.seed), "--phases", "offline", "--run_dir", str(self.run_dir),
                *VARIANTS[self.variant]]
+        prior = self.reuse_root / self.dataset / self.run_dir.name if self.reuse_root else None
         if (self.run_dir / "config.yaml").exists():
             cmd.append("--resume")
+        elif prior is not None and (prior / "config.yaml").exists():
+            cmd += ["--reuse_from", str(prior)]  # phases whose inputs did not change are copied, not retrained
         elif self.variant != "main":
             cmd += ["--reuse_from", str(self.main_dir)]
         return cmd
@@ -303,10 +307,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("runs"))
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (one CPU core each)")
     parser.add_argument("--json", type=Path, default=None, help="report: also write every run's record here")
+    parser.add_argument("--reuse_root", type=Path, default=None,
+                        help="run: an earlier matrix's --out; each run starts from its namesake's finished phases "
+                             "there whose inputs are unchanged (e.g. after a phase-D-only change)")
     args = parser.parse_args()
     # order: seed by seed (a whole seed's table fills first), then dataset by dataset, main run first
     variants = ["main"] + [v for v in args.variants if v != "main"]
-    jobs = [Job(d, s, v, args.out, args.preset) for s in args.seeds for d in args.datasets for v in variants]
+    jobs = [Job(d, s, v, args.out, args.preset, args.reuse_root)
+            for s in args.seeds for d in args.datasets for v in variants]
     if args.action == "report":
         print(report(jobs))
         if args.json:

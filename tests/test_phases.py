@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from uepo import ops
-from uepo.config import apply_overrides, preset
+from uepo.config import ImproveConfig, apply_overrides, preset
 from uepo.data import load_offline_data
 from uepo.nets import ResidualGaussianHead
 from uepo.phases import PhaseContext
@@ -112,7 +112,7 @@ def test_amq_ranks_the_bc_policy_above_random_actions(pipeline, tmp_path):
     def random_actions(hist):
         return torch.rand(hist.shape[0], data.action_dim, generator=gen) * 2 - 1
 
-    support = Support.of(data, pipeline["dynamics"], pipeline["critics"], 0.99, 0.1, 1.0)
+    support = Support.of(data, pipeline["dynamics"], pipeline["critics"], 0.99, 0.1, ImproveConfig().ope_support_factor)
     args = (pipeline["dynamics"], pipeline["critics"], starts, 40, data.normalize, support)
     bc = am_q(raw_act_fn(bc_policy, 0), *args)
     rnd = am_q(random_actions, *args)
@@ -130,7 +130,7 @@ def test_improvement_accepts_only_better_plausible_amq_and_selects_its_argmax(pi
     ope_idx = pipeline["ctx"].run.load_checkpoint("improve_cache")["ope_idx"]
     starts = data.histories(ope_idx, imp.policy.history)
     support = Support.of(data, pipeline["dynamics"], pipeline["critics"], cfg.critics.gamma,
-                         cfg.improve.ope_state_margin, cfg.improve.ope_support_quantile)
+                         cfg.improve.ope_state_margin, cfg.improve.ope_support_factor)
     j = am_q(head_act_fn(imp.policy, imp.policy.heads[imp.selected], imp.selected), pipeline["dynamics"],
              pipeline["critics"], starts, cfg.improve.ope_horizon, data.normalize, support)
     assert j.value == pytest.approx(imp.amq_best[imp.selected], rel=1e-5)

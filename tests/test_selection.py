@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from uepo.config import apply_overrides, preset
+from uepo.config import ImproveConfig, apply_overrides, preset
 from uepo.data import load_offline_data
 from uepo.evaluate import evaluate_policy, rank_correlation, selection_report
 from uepo.phases import BatchSampler, PhaseContext
@@ -29,6 +29,7 @@ from uepo.phases.pretrain import masked_eps_loss, pretrain
 from uepo.runs import Run, seed_everything
 
 torch.set_num_threads(1)
+DEFAULT_FACTOR = ImproveConfig().ope_support_factor
 
 SMALL = {
     "critics": {"steps": 300, "batch_size": 128, "hidden": 32, "layers": 2},
@@ -65,7 +66,7 @@ def test_amq_of_a_diverging_model_without_termination_stays_inside_the_support(c
     diverging.model.out_std.mul_(200.0)  # every predicted Δs 200× too large: states run off
     starts = data.histories(torch.arange(0, data.size, data.size // 16)[:16], pre.policy.history)
     act = head_act_fn(pre.policy, pre.policy.heads[0], 0)
-    support = Support.of(data, diverging, critics, ctx.cfg.critics.gamma, 0.1, 1.0)
+    support = Support.of(data, diverging, critics, ctx.cfg.critics.gamma, 0.1, DEFAULT_FACTOR)
     assert support.q_low < 0 < support.q_high  # cheetah rewards have both signs
 
     inf = torch.full((data.obs_dim,), math.inf)  # no clipping, no stop: what a user got before
@@ -85,7 +86,7 @@ def test_a_row_stops_where_the_ensemble_disagrees(cheetah):
     data = ctx.data
     starts = data.histories(torch.arange(0, 64), pre.policy.history)
     act = head_act_fn(pre.policy, pre.policy.heads[0], 0)
-    loose = Support.of(data, dynamics, critics, 0.99, 0.1, 1.0)
+    loose = Support.of(data, dynamics, critics, 0.99, 0.1, DEFAULT_FACTOR)
     never = Support(loose.obs_low, loose.obs_high, math.inf, loose.q_low, loose.q_high, loose.q_floor)
     tight = Support(loose.obs_low, loose.obs_high, dynamics.disagreement_quantile(0.05), loose.q_low, loose.q_high,
                     loose.q_floor)
@@ -135,7 +136,7 @@ def test_amq_ranks_sub_policies_as_the_real_env_does(hopper_phases):
         policy.heads[1].mean_layer.bias.fill_(3.0)
         policy.heads[2].mean_layer.bias.fill_(-3.0)
     starts = data.histories(torch.arange(0, data.size, data.size // 64)[:64], policy.history)
-    support = Support.of(data, dynamics, critics, 0.99, 0.1, 1.0)
+    support = Support.of(data, dynamics, critics, 0.99, 0.1, DEFAULT_FACTOR)
     amq = [am_q(head_act_fn(policy, policy.heads[i], i), dynamics, critics, starts, 100, data.normalize,
                 support) for i in range(3)]
     assert all(j.plausible for j in amq)

@@ -117,8 +117,8 @@ class ImproveConfig:
     ope_every: int = f(1000, "E_ope: BPPO steps between AM-Q evaluations")
     ope_states: int = f(256, "dataset start states of each AM-Q rollout")
     ope_horizon: int = f(0, "H_ope: AM-Q rollout length; 0: 200 locomotion, 20 Adroit")
-    ope_support_quantile: float = f(1.0, "a rollout row stops where T̂ disagrees more than this quantile of "
-                                         "its disagreement on real hold-out pairs (1: their maximum)")
+    ope_support_factor: float = f(2.0, "a rollout row stops where T̂ disagrees more than this multiple of its "
+                                       "largest disagreement on real hold-out pairs (inf: never)")
     ope_state_margin: float = f(0.1, "predicted states are clipped to the data's range widened by this share")
     selection: str = f("amq", "amq (offline: argmax AM-Q) or amq-topk-online (Uni-O4: top-k by AM-Q, then real "
                               "episodes; peeks at the env)")
@@ -306,8 +306,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--seq_kl_form must be 'closed' or 'data', got {cfg.pretrain.seq_kl_form!r}")
     if cfg.improve.selection not in ("amq", "amq-topk-online"):
         raise ValueError(f"--selection must be amq or amq-topk-online, got {cfg.improve.selection!r}")
-    if not 0 < cfg.improve.ope_support_quantile <= 1:
-        raise ValueError("--ope_support_quantile must be in (0, 1]")
+    if not cfg.improve.ope_support_factor > 0:
+        raise ValueError("--ope_support_factor must be > 0 (inf: rollouts never stop)")
     if cfg.pretrain.sampler not in ("ddim", "ddpm"):
         raise ValueError(f"--sampler must be 'ddim' or 'ddpm', got {cfg.pretrain.sampler!r}")
     check_device(cfg.device)

@@ -62,7 +62,9 @@ class Support:
 
     @classmethod
     def of(cls, data, dynamics: Dynamics, critics: Critics, gamma: float, margin: float,
-           quantile: float) -> Support:
+           factor: float) -> Support:
+        """The support of ``data`` for rollouts in ``dynamics``: states within the data's range ± ``margin``
+        of it, disagreement up to ``factor`` × T̂'s largest on real hold-out pairs."""
         lo, hi = data.obs.amin(0), data.obs.amax(0)
         pad = margin * (hi - lo)
         r_lo, r_hi = float(data.rewards.min()), float(data.rewards.max())
@@ -73,7 +75,7 @@ class Support:
             q_data = torch.cat([critics.q_value(obs_n[s:s + 8192], data.actions[s:s + 8192])
                                 for s in range(0, data.size, 8192)])
         q_floor = min(max(float(q_data.min()), q_low), q_high)
-        return cls(lo - pad, hi + pad, dynamics.disagreement_quantile(quantile), q_low, q_high, q_floor)
+        return cls(lo - pad, hi + pad, factor * dynamics.disagreement_quantile(1.0), q_low, q_high, q_floor)
 
     @classmethod
     def unbounded(cls, obs_dim: int) -> Support:
@@ -109,7 +111,8 @@ def am_q(act: ActFn, dynamics: Dynamics, critics: Critics, start_histories: Tens
     and counts ``support.q_floor``, the worst value the data shows, to the horizon: the model knows
     nothing past that point, and a policy must not gain by going where the model cannot follow it
     (measured: dropping those rows instead ranked a policy pinned at an action bound above the intact
-    one). Predicted states are clipped to the support's range.
+    one; holding their last Q ranked worst of the rules tried, scripts/amq_support_probe.py). Predicted
+    states are clipped to the support's range.
     """
     support = support or Support.unbounded(start_histories.shape[-1])
     gen = torch.Generator().manual_seed(AMQ_NOISE_SEED)
@@ -218,7 +221,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
     gen = ctx.generator(PHASE)
     horizon = cfg.ope_horizon or family(data.robot).ope_horizon
     support = Support.of(data, dynamics, critics, ctx.cfg.critics.gamma, cfg.ope_state_margin,
-                         cfg.ope_support_quantile)
+                         cfg.ope_support_factor)
     obs_n = data.normalize(data.obs)
     for p in policy.denoiser.parameters():
         p.requires_grad_(False)

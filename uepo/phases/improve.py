@@ -87,7 +87,7 @@ class Support:
 class AmQ:
     """One AM-Q evaluation: Ĵ and the numbers that say whether it can be trusted."""
 
-    value: float  # Ĵ: mean of Q_τ (clipped to the support's bounds) over the counted pairs
+    value: float  # Ĵ: mean of Q_τ (clipped to the support's bounds) over start states × horizon
     unclipped: float  # the same mean of the raw Q_τ
     support_fraction: float  # pairs inside the support and alive / (start states × horizon)
     clip_fraction: float  # share of the counted Q_τ outside [q_low, q_high]
@@ -119,7 +119,6 @@ def am_q(act: ActFn, dynamics: Dynamics, critics: Critics, start_histories: Tens
     hist = start_histories.clone()
     rows = hist.shape[0]
     alive = torch.ones(rows, dtype=torch.bool)  # inside the support and not terminated
-    fell_at = torch.full((rows,), -1)  # the step a row terminated at, inside the support
     left_at = torch.full((rows,), -1)  # the step a row left the support at
     total = total_raw = 0.0
     inside = clipped = 0
@@ -134,21 +133,19 @@ def am_q(act: ActFn, dynamics: Dynamics, critics: Critics, start_histories: Tens
         q = q_raw.clamp(support.q_low, support.q_high)
         total, total_raw = total + float(q.sum()), total_raw + float(q_raw.sum())
         inside, clipped = inside + int(alive.sum()), clipped + int((q != q_raw).sum())
-        fell_at = torch.where(alive & done, t, fell_at)
         alive = alive & ~done
         if not alive.any():
             break
         nxt = torch.maximum(torch.minimum(nxt, support.obs_high), support.obs_low)
         nxt = torch.where(alive[:, None], nxt, obs)  # stopped rows stay put (finite inputs)
         hist = torch.cat([hist[:, 1:], nxt[:, None]], dim=1)
-    after_falls = int((horizon - 1 - fell_at[fell_at >= 0]).sum())  # each counts 0
-    after_leaving = int((horizon - left_at[left_at >= 0]).sum())  # each counts the data's worst value
+    # every row counts `horizon` pairs: inside the support, then 0 after a fall, or the floor after leaving
+    after_leaving = int((horizon - left_at[left_at >= 0]).sum())
     total, total_raw = total + support.q_floor * after_leaving, total_raw + support.q_floor * after_leaving
-    counted = inside + after_falls + after_leaving
-    value, raw = total / counted, total_raw / counted
+    pairs = rows * horizon
+    value, raw = total / pairs, total_raw / pairs
     plausible = math.isfinite(raw) and support.q_low <= raw <= support.q_high
-    return AmQ(value, raw, inside / (rows * horizon), clipped / max(1, inside), plausible,
-               float((left_at >= 0).double().mean()))
+    return AmQ(value, raw, inside / pairs, clipped / max(1, inside), plausible, float((left_at >= 0).double().mean()))
 
 
 def head_act_fn(policy: MultiSeedPolicy, head: nn.Module, index: int) -> ActFn:

@@ -28,6 +28,20 @@ def machine(threads: int) -> str:
     return f"{cpu}, {platform.machine()}, torch {torch.__version__}, {threads} thread(s)"
 
 
+def acting_rates(times: dict[tuple[str, str], float], info: dict[str, dict]) -> dict[str, dict]:
+    """Steps/s of rollout collection, the env alone and the sampler alone, and the ratio to their limit."""
+    out = {}
+    for key, extra in info.items():
+        if not key.startswith("acting_") or any((key, k) not in times for k in ("policy", "env", "sampler")):
+            continue
+        rate = {k: extra["steps"] / times[(key, k)] for k in ("policy", "env", "sampler")}
+        limit = 1 / (1 / rate["env"] + 1 / rate["sampler"])
+        out[key] = {"policy_steps_per_s": rate["policy"], "env_only_steps_per_s": rate["env"],
+                    "sampler_only_steps_per_s": rate["sampler"], "limit_steps_per_s": limit,
+                    "ratio_to_limit": rate["policy"] / limit}
+    return out
+
+
 def main(raw_path: str, out_path: str = "benchmarks/latest.json") -> int:
     raw = json.loads(Path(raw_path).read_text())
     times: dict[tuple[str, str], float] = {}
@@ -59,6 +73,15 @@ def main(raw_path: str, out_path: str = "benchmarks/latest.json") -> int:
     print(line(tuple("-" * w for w in widths)))
     for r in rows:
         print(line(r))
+    acting = acting_rates(times, info)
+    if acting:
+        print("\nacting (env steps/s; limit = 1 / (1/env_only + 1/sampler_only)):")
+        for key, r in acting.items():
+            print(f"  {key}: policy {r['policy_steps_per_s']:.0f}, env only {r['env_only_steps_per_s']:.0f}, "
+                  f"sampler only {r['sampler_only_steps_per_s']:.0f}, limit {r['limit_steps_per_s']:.0f}, "
+                  f"ratio {r['ratio_to_limit']:.2f} (target >= 0.8: "
+                  f"{'met' if r['ratio_to_limit'] >= 0.8 else 'MISSED'})")
+    result.update(acting)
     result["_meta"] = {"machine": where, "matmul_gflops": rate / 1e9, "statistic": "min",
                        "backend": "cpu"}
     Path(out_path).write_text(json.dumps(result, indent=2) + "\n")

@@ -97,12 +97,21 @@ class ResidualMLPDenoiser(nn.Module):
         self.out = Dense(width, horizon * action_dim)
 
     def kernel_weights(self) -> list[Tensor]:
-        """Parameters in the order and layout the fused sampler takes them (see csrc/ops.cpp)."""
+        """Parameters in the order and layout the fused sampler takes them (see csrc/ops.cpp).
+
+        The list is built once and kept (the sampler asks for it at every env step): it holds the
+        Parameter objects themselves, which optimiser steps, ``load_state_dict`` and ``.to()`` update in
+        place, so it stays current."""
+        cached = self.__dict__.get("_kernel_weights")
+        if cached is not None:
+            return list(cached)
         w = [self.time_mlp[0].weight, self.time_mlp[0].bias, self.time_mlp[1].weight, self.time_mlp[1].bias,
              self.input.weight, self.input.bias]
         for blk in self.blocks:
             w += [blk.norm.weight, blk.norm.bias, blk.fc1.weight, blk.fc1.bias, blk.fc2.weight, blk.fc2.bias]
-        return w + [self.out_norm.weight, self.out_norm.bias, self.out.weight, self.out.bias]
+        w += [self.out_norm.weight, self.out_norm.bias, self.out.weight, self.out.bias]
+        self.__dict__["_kernel_weights"] = w
+        return list(w)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """x (N, H, d_a), t (N,) integer timesteps, cond (N, C) -> ε̂ (N, H, d_a)."""

@@ -44,6 +44,7 @@ CHECKPOINT = "online"
 # A fresh start seeds python/numpy/torch with seed·1000 + this (uepo.phases.PHASE_SEED_OFFSETS
 # gives A–D and evaluation 1–5), so phase E does not depend on what ran before it.
 ONLINE_SEED_OFFSET = 6
+HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))  # as torch.distributions.Normal.log_prob writes it
 
 
 def reference_scores(env_id: str, dataset_info: dict | None = None) -> tuple[float, float]:
@@ -187,11 +188,22 @@ class OnlineAgent:
         return chunks[:, self.selected, 0]
 
     @torch.no_grad()
-    def step_inputs(self, obs_history: np.ndarray) -> tuple[Tensor, Tensor]:
+    def step_inputs(self, obs_history: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:
         """Normalised last states and μ^{i*}_1 for (N, T_o, d_s) raw histories."""
         hist = torch.as_tensor(obs_history, dtype=torch.float32)
-        base = self.policy.base_chunks(hist, [self.selected])[:, 0, 0]
-        return self.policy.normalize(hist[:, -1]), base
+        cond = self.policy.cond(hist)
+        base = self.policy.base_chunks_from_cond(cond, [self.selected])[:, 0, 0]
+        return cond.view(hist.shape)[:, -1], base
+
+    @torch.no_grad()
+    def sample(self, obs_n: Tensor, base: Tensor) -> tuple[Tensor, Tensor]:
+        """a ~ π(·|s) and log π(a|s): the head's Gaussian, drawn and scored as torch.distributions.Normal
+        does (the same numbers) without building a distribution object at every env step."""
+        mean, log_std = self.head(obs_n, base)
+        scale = log_std.exp()
+        action = torch.normal(mean, scale)
+        logp = -((action - mean) ** 2) / (2 * scale**2) - scale.log() - HALF_LOG_2PI
+        return action, logp.sum(-1)
 
     @torch.no_grad()
     def act(self, obs_history: np.ndarray) -> np.ndarray:
@@ -221,14 +233,13 @@ def _collect(agent: OnlineAgent, vec: Any, obs: np.ndarray, steps: int, cfg: Onl
     n = vec.num_envs
     p = agent.policy
     buf = Rollout.empty(steps, n, p.history, p.obs_dim, p.action_dim)
-    obs_n, base = agent.step_inputs(obs)
+    buf.hist[0] = torch.as_tensor(obs, dtype=torch.float32)
+    obs_n, base = agent.step_inputs(buf.hist[0])
+    with torch.no_grad():
+        value = agent.value(obs_n)
     for t in range(steps):
-        with torch.no_grad():
-            dist = agent.head.distribution(obs_n, base)
-            action = dist.sample()
-            buf.hist[t] = torch.as_tensor(obs, dtype=torch.float32)
-            buf.obs[t], buf.base[t], buf.actions[t] = obs_n, base, action
-            buf.logp[t], buf.values[t] = dist.log_prob(action), agent.value(obs_n)
+        action, logp = agent.sample(obs_n, base)
+        buf.obs[t], buf.base[t], buf.actions[t], buf.logp[t], buf.values[t] = obs_n, base, action, logp, value
         env_action = action.clamp(-1.0, 1.0).double().numpy()
         obs, reward, terminated, truncated, info = vec.step(env_action)
         ended = terminated | truncated
@@ -237,9 +248,13 @@ def _collect(agent: OnlineAgent, vec: Any, obs: np.ndarray, steps: int, cfg: Onl
         for k in np.flatnonzero(ended):
             finished.append((float(ep_return[k]), int(ep_length[k])))
             ep_return[k], ep_length[k] = 0.0, 0
-        obs_n, base = agent.step_inputs(obs)
+        hist = torch.as_tensor(obs, dtype=torch.float32)
+        if t + 1 < steps:
+            buf.hist[t + 1] = hist
+        obs_n, base = agent.step_inputs(hist)
         with torch.no_grad():
-            next_v = agent.value(obs_n)
+            value = agent.value(obs_n)  # V(s_{t+1}): the next step's V(s_t) too (same-step autoreset)
+            next_v = value.clone()
             trunc_only = np.flatnonzero(truncated & ~terminated)
             if len(trunc_only):  # bootstrap from the episode's own final state, not the reset one
                 final = np.stack([info["final_obs"][k] for k in trunc_only])

@@ -1,0 +1,59 @@
+"""Acting at the speed limit (issue 10): PPO rollout collection against its two parts, side by side.
+
+For 1 and 8 Hopper-v5 envs, each measured call runs STEPS env steps per env of:
+- ``policy``: phase E's rollout collection (fused sampler + head + value + env);
+- ``env``: the same vector env stepped with random actions;
+- ``sampler``: the fused sampler alone, at that batch size.
+benchmarks/report.py turns them into steps/s and the limit 1 / (1/env + 1/sampler).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from uepo import envs, ops
+from uepo.config import OnlineConfig
+from uepo.nets import ValueNet
+from uepo.phases.online import OnlineAgent, _collect
+from uepo.policy import MultiSeedPolicy, policy_config
+from uepo.runs import seed_everything
+
+STEPS = 64  # env steps per env in one measured call
+
+
+@pytest.fixture(scope="module")
+def policy() -> MultiSeedPolicy:
+    seed_everything(0)  # the default sizes: residual MLP 256×3, n 4, K_s 10, H 8, T_o 2, head 256×3
+    return MultiSeedPolicy(policy_config("diffusion", 11, 3, history=2, horizon=8, num_seeds=4, tau=0.1),
+                           torch.zeros(11), torch.ones(11))
+
+
+@pytest.mark.skipif(not ops.compiled_available(), reason="the compiled kernels are not loaded")
+@pytest.mark.parametrize("kind", ["policy", "env", "sampler"])
+@pytest.mark.parametrize("num_envs", [1, 8])
+def test_acting(benchmark, policy, num_envs, kind):
+    cfg = OnlineConfig()
+    agent = OnlineAgent(policy, 0, ValueNet(policy.obs_dim), cfg)
+    vec = envs.make_vector_env("Hopper-v5", num_envs, policy.history)
+    state = {"obs": vec.reset(seed=list(range(num_envs)))[0]}
+    returns, lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=np.int64)
+    rng = np.random.default_rng(0)
+    random_actions = rng.uniform(-1, 1, (STEPS, num_envs, policy.action_dim))
+    cond = policy.cond(torch.as_tensor(state["obs"], dtype=torch.float32))
+
+    def collect():
+        _, state["obs"] = _collect(agent, vec, state["obs"], STEPS, cfg, returns, lengths, [])
+
+    def step_env():
+        for t in range(STEPS):
+            vec.step(random_actions[t])
+
+    def sample():
+        for _ in range(STEPS):
+            policy.base_chunks_from_cond(cond)
+
+    benchmark.group = f"acting_{num_envs}env"
+    benchmark.extra_info.update(key=f"acting_{num_envs}env", impl=kind, steps=STEPS * num_envs,
+                                label=f"acting, {num_envs} env(s)")
+    benchmark({"policy": collect, "env": step_env, "sampler": sample}[kind])
+    vec.close()

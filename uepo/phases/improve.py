@@ -248,7 +248,8 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
             "amq_raw": amq_raw, "amq_raw_plausible": raw_ok, "warm_nll": warm_nll})
     else:
         base_all, ope_idx, amq_raw = cached["base"], cached["ope_idx"], cached["amq_raw"]
-        raw_ok, warm_nll = cached["amq_raw_plausible"], cached["warm_nll"]
+        # a cache written before plausibility was checked: its values are taken as they are
+        raw_ok, warm_nll = cached.get("amq_raw_plausible", [True] * n), cached.get("warm_nll", [0.0] * n)
         for h, s in zip(policy.heads, cached["heads"], strict=True):
             h.load_state_dict(s)
         restore(cached, gen)
@@ -265,7 +266,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
     if progress is not None:
         first_seed, start, amq_best, best_heads = (progress["seed"], progress["step"], progress["amq_best"],
                                                    progress["best_heads"])
-        best_ok = progress["best_plausible"]
+        best_ok = progress.get("best_plausible", [True] * n)
         resume_state = progress
     run.drop_metrics(PHASE, first_seed * cfg.steps + start)
 
@@ -278,7 +279,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
         clip, step, implausible = cfg.clip, 0, 0
         if resume_state is not None and resume_state["seed"] == i:
             restore(resume_state, gen, head=head, old=old, optimizer=opt, scheduler=sched)
-            clip, step, implausible = resume_state["clip"], start, resume_state["implausible"]
+            clip, step, implausible = resume_state["clip"], start, resume_state.get("implausible", 0)
             resume_state = None
         base_i = base_all[:, i]
         bar = ctx.bar(f"D BPPO sub-policy {i}", cfg.steps, step)

@@ -54,7 +54,7 @@ def amq(act, dyn, critics, data, support: Support, starts, threshold: float, aft
     return total / (rows * horizon)
 
 
-def probe(root: Path, ope_states: list[int]) -> None:
+def probe(root: Path, ope_states: list[int], start_seeds: list[int], rule_names: list[str] | None) -> None:
     cfg = run_config(root)
     data = load_offline_data(cfg.dataset)
     run = Run(root, resume=True, tensorboard=False)
@@ -73,15 +73,17 @@ def probe(root: Path, ope_states: list[int]) -> None:
              ("2x floor", 2, "floor"), ("4x floor", 4, "floor")]
     print(f"\n{root}: real scores raw {[round(x, 1) for x in scores['raw']]} "
           f"improved {[round(x, 1) for x in scores['improved']]}", flush=True)
-    for states in ope_states:
-        idx = sample_indices(data.size, states, torch.Generator().manual_seed(cfg.seed * 1000 + 4242))
+    rules = [r for r in rules if rule_names is None or r[0] in rule_names]
+    for states, start_seed in ((s, k) for s in ope_states for k in start_seeds):
+        idx = sample_indices(data.size, states, torch.Generator().manual_seed(cfg.seed * 1000 + 4242 + start_seed))
         starts = data.histories(idx, pre.policy.history)
         for name, factor, after in rules:
             values = [amq(a, dyn, critics, data, support, starts, factor * support.disagreement, after, horizon)
                       for a in acts]
             rho = rank_correlation(values, real)
+            rho_text = "—" if rho is None else f"{rho:+.2f}"
             best = int(torch.tensor(values[n:]).argmax()) == int(torch.tensor(real[n:]).argmax())
-            print(f"  {states:>4} states  {name:<9} ρ {rho if rho is None else round(rho, 2)!s:>5}  "
+            print(f"  {states:>4} states (draw {start_seed})  {name:<9} ρ {rho_text:>5}  "
                   f"picks best improved: {best}  AM-Q {[round(v, 1) for v in values]}", flush=True)
     run.close()
 
@@ -90,10 +92,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--ope_states", type=int, nargs="+", default=[64])
+    parser.add_argument("--start_seeds", type=int, nargs="+", default=[0], help="draws of the start states")
+    parser.add_argument("--rules", nargs="+", default=None, help="only these rules (e.g. '2x floor' never)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for root in args.runs:
-        probe(root, args.ope_states)
+        probe(root, args.ope_states, args.start_seeds, args.rules)
     return 0
 
 

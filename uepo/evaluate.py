@@ -47,14 +47,16 @@ def evaluate_policy(
     if not 0 <= seed_index < policy.num_seeds:
         raise ValueError(f"seed_index must be in [0, {policy.num_seeds}), got {seed_index}")
 
+    device = policy.obs_mean.device  # the envs run on the CPU: one transfer each way per step
+
     def act(hist: np.ndarray) -> np.ndarray:
-        h = torch.as_tensor(hist, dtype=torch.float32)
+        h = torch.as_tensor(hist, dtype=torch.float32, device=device)
         with torch.no_grad():
             if raw:
                 a = policy.base_action(h, seed_index)
             else:
                 a = policy.act(h, seed_index, deterministic=True)
-        return a.clamp(-1, 1).numpy().astype(np.float64)
+        return a.clamp(-1, 1).cpu().numpy().astype(np.float64)
 
     returns, lengths = run_episodes(act, env, episodes, seed, history=policy.history, num_envs=num_envs)
     scores = normalized_score(returns, (ref_min_score, ref_max_score))

@@ -1,5 +1,6 @@
 """The offline phases (SPEC §3 A–D), each a function that reads the previous phases' artefacts
-and returns its own. Shared here: the context every phase receives and the resumable-loop helpers.
+and returns its own. Shared here: the context every phase receives and the resumable-loop helpers; the loop itself
+is ``uepo.phases.runner``.
 
 Resumption convention: a phase saves ``checkpoints/<phase>_progress.pt`` every
 ``checkpoint_every`` steps (models, EMA, optimisers, schedulers, its batch generator, the global
@@ -19,8 +20,7 @@ from tqdm import tqdm
 from uepo.config import Config
 from uepo.data import OfflineData
 from uepo.runs import Run, capture_rng, restore_rng
-
-PHASE_SEED_OFFSETS = {"critics": 1, "pretrain": 2, "dynamics": 3, "improve": 4, "evaluate": 5}
+from uepo.seeds import phase_seed
 
 
 @dataclass
@@ -32,8 +32,16 @@ class PhaseContext:
     progress: bool = True  # show tqdm bars
 
     def generator(self, phase: str) -> torch.Generator:
-        """The phase's own batch generator, seeded from the run seed (saved in checkpoints)."""
-        return torch.Generator().manual_seed(self.cfg.seed * 1000 + PHASE_SEED_OFFSETS[phase])
+        """The phase's own batch generator (on the CPU, whatever the device: the same draws everywhere),
+        seeded from the run seed (uepo.seeds) and saved in checkpoints."""
+        return torch.Generator().manual_seed(phase_seed(self.cfg.seed, phase))
+
+    def randn(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Standard normal draws from a CPU generator, on the phase's device."""
+        return torch.randn(shape, generator=generator).to(self.device)
+
+    def randint(self, high: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, high, shape, generator=generator).to(self.device)
 
     def bar(self, phase: str, total: int, initial: int = 0) -> tqdm:
         return tqdm(total=total, initial=initial, desc=phase, disable=not self.progress,

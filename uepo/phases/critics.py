@@ -11,18 +11,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from uepo.nets import TwinQ, ValueNet
-from uepo.phases import (
-    PHASE_SEED_OFFSETS,
-    PhaseContext,
-    load_optimizer_state,
-    optimizer_state,
-    restore,
-    sample_indices,
-    snapshot,
-)
-from uepo.runs import check_finite, seed_everything
+from uepo.phases import PhaseContext, load_optimizer_state, optimizer_state, sample_indices
+from uepo.phases.runner import Trainer, train
+from uepo.runs import seed_everything
+from uepo.seeds import phase_seed
 
 PHASE = "critics"
 
@@ -45,70 +40,88 @@ def build_critics(obs_dim: int, action_dim: int, hidden: int, layers: int) -> tu
     return TwinQ(obs_dim, action_dim, hidden, layers), ValueNet(obs_dim, hidden, layers)
 
 
+class IQLTrainer(Trainer):
+    """Phase A as the loop sees it: one step = one V update, one twin-Q update, one Polyak step."""
+
+    shown = ("q_loss", "v_loss")
+
+    def __init__(self, ctx: PhaseContext):
+        cfg, data = ctx.cfg.critics, ctx.data
+        self.cfg, self.data = cfg, data
+        self.phase, self.checkpoint, self.label = PHASE, f"{PHASE}_progress", "A critics (IQL)"
+        self.total, self.log_every, self.checkpoint_every = cfg.steps, cfg.log_every, cfg.checkpoint_every
+        self.generator = ctx.generator(PHASE)
+        q, v = build_critics(data.obs_dim, data.action_dim, cfg.hidden, cfg.layers)
+        self.q, self.v = q.to(ctx.device), v.to(ctx.device)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.opts = {"q": torch.optim.Adam(self.q.parameters(), lr=cfg.lr_q),
+                     "v": torch.optim.Adam(self.v.parameters(), lr=cfg.lr_v)}
+        self.obs_n, self.next_n = data.normalize(data.obs), data.normalize(data.next_obs)
+        self.not_done = 1.0 - data.terminals
+        self.target_q = torch.zeros(())
+
+    def step(self, step: int) -> dict[str, Tensor]:
+        idx = sample_indices(self.data.size, self.cfg.batch_size, self.generator)
+        s, a = self.obs_n[idx], self.data.actions[idx]
+        v_loss = self._update_v(s, a)
+        q_loss = self._update_q(s, a, self.data.rewards[idx], self.next_n[idx], self.not_done[idx])
+        self._update_target()
+        return {"q_loss": q_loss, "v_loss": v_loss}
+
+    def _update_v(self, s: Tensor, a: Tensor) -> Tensor:
+        """V ← expectile of the target twins' min at dataset actions."""
+        with torch.no_grad():
+            self.target_q = self.q_target(s, a)
+        v_loss = expectile_loss(self.target_q - self.v(s), self.cfg.expectile)
+        self.opts["v"].zero_grad(set_to_none=True)
+        v_loss.backward()
+        self.opts["v"].step()
+        return v_loss.detach()
+
+    def _update_q(self, s: Tensor, a: Tensor, r: Tensor, s2: Tensor, not_done: Tensor) -> Tensor:
+        """Both twins ← r + γ V(s') (no bootstrap after a termination)."""
+        with torch.no_grad():
+            backup = r + self.cfg.gamma * not_done * self.v(s2)
+        q1, q2 = self.q.both(s, a)
+        q_loss = 0.5 * (F.mse_loss(q1, backup) + F.mse_loss(q2, backup))
+        self.opts["q"].zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.opts["q"].step()
+        return q_loss.detach()
+
+    def _update_target(self) -> None:
+        with torch.no_grad():
+            for p, tp in zip(self.q.parameters(), self.q_target.parameters(), strict=True):
+                tp.lerp_(p, self.cfg.polyak)
+
+    def metrics(self, losses: dict[str, Tensor]) -> dict[str, float]:
+        return {"q_loss": losses["q_loss"].item(), "v_loss": losses["v_loss"].item(),
+                "q_mean": self.target_q.mean().item()}
+
+    def state_dict(self) -> dict:
+        return {"q": self.q.state_dict(), "q_target": self.q_target.state_dict(), "v": self.v.state_dict(),
+                "optimizers": optimizer_state(self.opts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.q.load_state_dict(state["q"])
+        self.q_target.load_state_dict(state["q_target"])
+        self.v.load_state_dict(state["v"])
+        load_optimizer_state(self.opts, state["optimizers"])
+
+
 def train_critics(ctx: PhaseContext) -> Critics:
     cfg, data, run = ctx.cfg.critics, ctx.data, ctx.run
     done = run.load_checkpoint(PHASE)
-    seed_everything(ctx.cfg.seed * 1000 + PHASE_SEED_OFFSETS[PHASE])  # each phase starts from its own seed
-    q, v = build_critics(data.obs_dim, data.action_dim, cfg.hidden, cfg.layers)
+    seed_everything(phase_seed(ctx.cfg.seed, PHASE))  # each phase starts from its own seed
     if done is not None:
+        q, v = build_critics(data.obs_dim, data.action_dim, cfg.hidden, cfg.layers)
         q.load_state_dict(done["q_target"])
         v.load_state_dict(done["v"])
-        return Critics(q.eval(), v.eval())
-
-    q_target = copy.deepcopy(q).requires_grad_(False)
-    opts = {"q": torch.optim.Adam(q.parameters(), lr=cfg.lr_q),
-            "v": torch.optim.Adam(v.parameters(), lr=cfg.lr_v)}
-    gen = ctx.generator(PHASE)
-    start = 0
-    progress = run.load_checkpoint(f"{PHASE}_progress")
-    if progress is not None:
-        restore(progress, gen, q=q, q_target=q_target, v=v)
-        load_optimizer_state(opts, progress["optimizers"])
-        start = progress["step"]
-    run.drop_metrics(PHASE, start)
-
-    obs_n, next_n = data.normalize(data.obs), data.normalize(data.next_obs)
-    not_done = 1.0 - data.terminals
-
-    def save_progress(step: int) -> None:
-        run.save_checkpoint(f"{PHASE}_progress", {**snapshot(gen, q=q, q_target=q_target, v=v),
-                                                   "optimizers": optimizer_state(opts), "step": step})
-
-    bar = ctx.bar("A critics (IQL)", cfg.steps, start)
-    for step in range(start, cfg.steps):
-        idx = sample_indices(data.size, cfg.batch_size, gen)
-        s, a, r, s2, nd = obs_n[idx], data.actions[idx], data.rewards[idx], next_n[idx], not_done[idx]
-
-        with torch.no_grad():
-            target_q = q_target(s, a)
-        v_loss = expectile_loss(target_q - v(s), cfg.expectile)
-        opts["v"].zero_grad(set_to_none=True)
-        v_loss.backward()
-        opts["v"].step()
-
-        with torch.no_grad():
-            backup = r + cfg.gamma * nd * v(s2)
-        q1, q2 = q.both(s, a)
-        q_loss = 0.5 * (F.mse_loss(q1, backup) + F.mse_loss(q2, backup))
-        opts["q"].zero_grad(set_to_none=True)
-        q_loss.backward()
-        opts["q"].step()
-
-        with torch.no_grad():
-            for p, tp in zip(q.parameters(), q_target.parameters(), strict=True):
-                tp.lerp_(p, cfg.polyak)
-
-        check_finite(q_loss, PHASE, step, "Q loss")
-        check_finite(v_loss, PHASE, step, "V loss")
-        bar.update(1)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            metrics = {"q_loss": q_loss.item(), "v_loss": v_loss.item(), "q_mean": target_q.mean().item()}
-            run.log(PHASE, step + 1, **metrics)
-            bar.set_postfix(q_loss=f"{metrics['q_loss']:.3g}", v_loss=f"{metrics['v_loss']:.3g}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            save_progress(step + 1)
-    bar.close()
-    run.save_checkpoint(PHASE, {"q_target": q_target.state_dict(), "v": v.state_dict(), "q": q.state_dict(),
+        return Critics(q.to(ctx.device).eval(), v.to(ctx.device).eval())
+    trainer = IQLTrainer(ctx)
+    train(ctx, trainer)
+    run.save_checkpoint(PHASE, {"q_target": trainer.q_target.state_dict(), "v": trainer.v.state_dict(),
+                                "q": trainer.q.state_dict(),
                                 "config": {"hidden": cfg.hidden, "layers": cfg.layers,
                                            "obs_dim": data.obs_dim, "action_dim": data.action_dim}})
-    return Critics(q_target.eval(), v.eval())
+    return Critics(trainer.q_target.eval(), trainer.v.eval())

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from uepo.config import DynamicsConfig
 from uepo.diffusion import SeedBank, multiseed_sample
 from uepo.nets import DynamicsEnsemble
-from uepo.phases import PHASE_SEED_OFFSETS, PhaseContext, restore, sample_indices, snapshot
+from uepo.phases import PhaseContext, restore, sample_indices, snapshot
+from uepo.phases.runner import Trainer, train
 from uepo.policy import MultiSeedPolicy
-from uepo.runs import check_finite, seed_everything
+from uepo.runs import seed_everything
+from uepo.seeds import augmentation_bank_seed, phase_seed
 from uepo.tasks import TerminationFn, family, termination_fn
 
 PHASE = "dynamics"
@@ -54,6 +55,9 @@ class Transitions:
     def state(self) -> dict:
         return dict(self.__dict__)
 
+    def to(self, device: torch.device) -> Transitions:
+        return Transitions(**{k: v.to(device) for k, v in self.__dict__.items()})
+
 
 @dataclass
 class Dynamics:
@@ -77,9 +81,9 @@ class Dynamics:
         disagreement = _disagreement(mean_n, var_n)
         mean = mean_n * self.model.out_std + self.model.out_mean
         var = var_n * self.model.out_std**2
-        pick = torch.randint(0, mean.shape[0], (obs.shape[0],), generator=generator)
-        rows = torch.arange(obs.shape[0])
-        noise = torch.randn(mean.shape[1:], generator=generator)
+        pick = torch.randint(0, mean.shape[0], (obs.shape[0],), generator=generator).to(obs.device)
+        rows = torch.arange(obs.shape[0], device=obs.device)
+        noise = torch.randn(mean.shape[1:], generator=generator).to(obs.device)
         sample = mean[pick, rows] + var[pick, rows].sqrt() * noise
         nxt = obs + sample[:, :-1]
         return nxt, sample[:, -1], self.terminal(obs, action, nxt), disagreement
@@ -123,79 +127,118 @@ def holdout_error(model: DynamicsEnsemble, obs: Tensor, action: Tensor, target: 
     return float((((target - mean) / scale) ** 2).mean())
 
 
+class EnsembleTrainer(Trainer):
+    """One fit of the ensemble (T̂0 on real data, T̂ on real + generated) as the loop sees it: one step =
+    one epoch over bootstrap resamples; each member keeps its best weights by hold-out error, and the
+    fit stops after ``patience`` epochs in which no member improved by 1 %."""
+
+    def __init__(self, ctx: PhaseContext, stage: str, train_set: Transitions, holdout: Transitions,
+                 gen: torch.Generator):
+        cfg, data = ctx.cfg.dynamics, ctx.data
+        self.cfg, self.stage, self.train_set, self.holdout = cfg, stage, train_set, holdout
+        self.phase, self.checkpoint, self.label = PHASE, f"{PHASE}_{stage}_progress", f"C dynamics {stage}"
+        self.total, self.checkpoint_every, self.key_prefix = cfg.max_epochs, cfg.checkpoint_every, f"{stage}_"
+        self.generator = gen  # the phase's generator, shared by its stages in order
+        hidden = cfg.hidden or family(data.robot).dynamics_hidden
+        model = DynamicsEnsemble(data.obs_dim, data.action_dim, cfg.ensemble, hidden, cfg.layers, cfg.elites)
+        self.model = model.to(ctx.device)
+        obs, act, tgt = train_set.inputs_targets
+        self.model.set_scaler(torch.cat([obs, act], -1), tgt)
+        decay = [p for n, p in self.model.named_parameters() if n.endswith("weight")]
+        rest = [p for n, p in self.model.named_parameters() if not n.endswith("weight")]
+        self.opt = torch.optim.Adam([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest}],
+                                    lr=cfg.lr)
+        n = len(train_set)
+        self.boot = torch.randint(0, n, (cfg.ensemble, n), generator=gen)  # one bootstrap resample per member
+        self.best = torch.full((cfg.ensemble,), math.inf)  # each member's best hold-out MSE (on the CPU)
+        self.best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.since_improved = 0
+        updates = math.ceil(n / cfg.batch_size)
+        self.updates = min(updates, cfg.max_updates_per_epoch) if cfg.max_updates_per_epoch > 0 else updates
+        self.last_mse = torch.zeros(cfg.ensemble)
+
+    def step(self, step: int) -> dict[str, Tensor]:
+        cfg, (obs, act, tgt) = self.cfg, self.train_set.inputs_targets
+        order = torch.argsort(torch.rand(cfg.ensemble, len(self.train_set), generator=self.generator), dim=1)
+        total = torch.zeros(())
+        for u in range(self.updates):
+            cols = order[:, u * cfg.batch_size:(u + 1) * cfg.batch_size]
+            rows = torch.gather(self.boot, 1, cols)  # (E, B) indices into the training set
+            loss = self._update(obs[rows], act[rows], tgt[rows], self.train_set.weight[rows])
+            total = total + loss.cpu()
+        self._keep_best()
+        return {f"{self.stage} NLL": total, "last": loss}
+
+    def _update(self, obs: Tensor, act: Tensor, tgt: Tensor, weight: Tensor) -> Tensor:
+        """Gaussian NLL of every member on its own batch, plus the log-variance bound penalty."""
+        loss_members = self.model.nll(obs, act, tgt, weight)
+        bounds = self.model.max_logvar.sum() - self.model.min_logvar.sum()
+        loss = loss_members.sum() + LOGVAR_BOUND_PENALTY * bounds
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def _keep_best(self) -> None:
+        """Each member that improved its hold-out MSE by > 1 % keeps its current weights."""
+        h_obs, h_act, h_tgt = self.holdout.inputs_targets
+        self.last_mse = _member_mse(self.model, h_obs, h_act, h_tgt).cpu()
+        improved = self.last_mse < self.best * (1 - 0.01)  # any finite value beats inf
+        if bool(improved.any()):
+            for k, v in self.model.state_dict().items():
+                if k.startswith(("layers.", "head.")):  # per-member weights: keep each member's best
+                    mask = improved.to(v.device)
+                    self.best_state[k][mask] = v[mask].clone()
+                else:
+                    self.best_state[k] = v.clone()
+            self.best = torch.where(improved, self.last_mse, self.best)
+            self.since_improved = 0
+        else:
+            self.since_improved += 1
+
+    def metrics(self, losses: dict[str, Tensor]) -> dict[str, float]:
+        return {f"{self.stage}_train_nll": losses["last"].item() / self.cfg.ensemble,
+                f"{self.stage}_holdout_mse": float(self.last_mse.mean())}
+
+    def postfix(self, row: dict[str, float]) -> dict[str, str]:
+        return {"holdout_mse": f"{float(self.best.sort().values[: self.cfg.elites].mean()):.4g}"}
+
+    def finished(self, done: int) -> bool:
+        return done >= self.cfg.max_epochs or self.since_improved >= self.cfg.patience
+
+    def should_checkpoint(self, done: int) -> bool:
+        return done % self.checkpoint_every == 0
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "boot": self.boot,
+                "best": self.best, "best_state": self.best_state, "since_improved": self.since_improved}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.boot, self.best = state["boot"], state["best"]
+        device = next(self.model.parameters()).device
+        self.best_state = {k: v.to(device) for k, v in state["best_state"].items()}
+        self.since_improved = state["since_improved"]
+
+    def result(self) -> DynamicsEnsemble:
+        """The members' best weights, elites by hold-out error."""
+        self.model.load_state_dict(self.best_state)
+        self.model.elites.copy_(torch.argsort(self.best)[: self.cfg.elites])
+        return self.model.eval()
+
+
 def _member_mse(model: DynamicsEnsemble, obs: Tensor, action: Tensor, target: Tensor) -> Tensor:
     with torch.no_grad():
         return model.mse(obs, action, target)
 
 
-def fit_ensemble(ctx: PhaseContext, stage: str, train: Transitions, holdout: Transitions,
+def fit_ensemble(ctx: PhaseContext, stage: str, train_set: Transitions, holdout: Transitions,
                  gen: torch.Generator) -> DynamicsEnsemble:
     """Fit a fresh ensemble with bootstrap resamples and per-member early stopping (resumable per epoch)."""
-    cfg: DynamicsConfig = ctx.cfg.dynamics
-    data, run = ctx.data, ctx.run
-    hidden = cfg.hidden or family(data.robot).dynamics_hidden
-    model = DynamicsEnsemble(data.obs_dim, data.action_dim, cfg.ensemble, hidden, cfg.layers, cfg.elites)
-    obs, act, tgt = train.inputs_targets
-    model.set_scaler(torch.cat([obs, act], -1), tgt)
-    h_obs, h_act, h_tgt = holdout.inputs_targets
-    decay = [p for n, p in model.named_parameters() if n.endswith("weight")]
-    rest = [p for n, p in model.named_parameters() if not n.endswith("weight")]
-    opt = torch.optim.Adam([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest}], lr=cfg.lr)
-    n = len(train)
-    boot = torch.randint(0, n, (cfg.ensemble, n), generator=gen)  # one bootstrap resample per member
-    best = torch.full((cfg.ensemble,), math.inf)
-    best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    epoch, since_improved = 0, 0
-
-    progress = run.load_checkpoint(f"{PHASE}_{stage}_progress")
-    if progress is not None:
-        restore(progress, gen, model=model, optimizer=opt)
-        boot, best, best_state = progress["boot"], progress["best"], progress["best_state"]
-        epoch, since_improved = progress["epoch"], progress["since_improved"]
-    run.drop_metrics(PHASE, epoch, key_prefix=f"{stage}_")
-
-    updates = math.ceil(n / cfg.batch_size)
-    if cfg.max_updates_per_epoch > 0:
-        updates = min(updates, cfg.max_updates_per_epoch)
-    bar = ctx.bar(f"C dynamics {stage}", cfg.max_epochs, epoch)
-    while epoch < cfg.max_epochs and since_improved < cfg.patience:
-        order = torch.argsort(torch.rand(cfg.ensemble, n, generator=gen), dim=1)
-        for u in range(updates):
-            cols = order[:, u * cfg.batch_size:(u + 1) * cfg.batch_size]
-            rows = torch.gather(boot, 1, cols)  # (E, B) indices into the training set
-            loss_members = model.nll(obs[rows], act[rows], tgt[rows], train.weight[rows])
-            bounds = model.max_logvar.sum() - model.min_logvar.sum()
-            loss = loss_members.sum() + LOGVAR_BOUND_PENALTY * bounds
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            check_finite(loss, PHASE, epoch, f"{stage} NLL")
-            opt.step()
-        mse = _member_mse(model, h_obs, h_act, h_tgt)
-        improved = mse < best * (1 - 0.01)  # > 1 % better than this member's best (any, from inf)
-        if bool(improved.any()):
-            state = model.state_dict()
-            for k, v in state.items():
-                if k.startswith(("layers.", "head.")):  # per-member weights: keep each member's best
-                    best_state[k][improved] = v[improved].clone()
-                else:
-                    best_state[k] = v.clone()
-            best = torch.where(improved, mse, best)
-            since_improved = 0
-        else:
-            since_improved += 1
-        epoch += 1
-        bar.update(1)
-        bar.set_postfix(holdout_mse=f"{float(best.sort().values[: cfg.elites].mean()):.4g}")
-        run.log(PHASE, epoch, **{f"{stage}_train_nll": loss.item() / cfg.ensemble,
-                                 f"{stage}_holdout_mse": float(mse.mean())})
-        if epoch % cfg.checkpoint_every == 0:
-            run.save_checkpoint(f"{PHASE}_{stage}_progress", {
-                **snapshot(gen, model=model, optimizer=opt), "boot": boot, "best": best, "best_state": best_state,
-                "epoch": epoch, "since_improved": since_improved})
-    bar.close()
-    model.load_state_dict(best_state)
-    model.elites.copy_(torch.argsort(best)[: cfg.elites])
-    return model.eval()
+    trainer = EnsembleTrainer(ctx, stage, train_set, holdout, gen)
+    train(ctx, trainer)
+    return trainer.result()
 
 
 @torch.no_grad()
@@ -217,19 +260,19 @@ def augment(ctx: PhaseContext, model: DynamicsEnsemble, policy: MultiSeedPolicy,
         own = policy.base_chunks_from_cond(cond)  # (B, n, H, d_a)
         if policy.kind == "diffusion":  # a fresh bank of seeds, new for every batch
             fresh_bank = SeedBank.draw(policy.num_seeds, len(policy.steps.timesteps), policy.horizon,
-                                       policy.action_dim, base_seed=10**7 + 10**4 * ctx.cfg.seed + batches,
-                                       temperature=policy.seed_temperature)
+                                       policy.action_dim, base_seed=augmentation_bank_seed(ctx.cfg.seed, batches),
+                                       temperature=policy.seed_temperature, device=ctx.device)
             fresh, _ = multiseed_sample(policy.denoiser, cond, policy.steps, fresh_bank, policy.eta,
                                         policy.tau)
         else:  # Gaussian members: a fresh draw from a random member's Gaussian
             means, log_std = policy.denoiser(cond)
-            fresh = (means + log_std.exp() * torch.randn(means.shape, generator=gen)).clamp(-1, 1)[:, :, None]
-        member = torch.randint(0, policy.num_seeds, (idx.shape[0],), generator=gen)
-        use_fresh = torch.rand(idx.shape[0], generator=gen) < cfg.fresh_seed_prob
-        rows = torch.arange(idx.shape[0])
+            fresh = (means + log_std.exp() * ctx.randn(means.shape, gen)).clamp(-1, 1)[:, :, None]
+        member = ctx.randint(policy.num_seeds, (idx.shape[0],), gen)
+        use_fresh = torch.rand(idx.shape[0], generator=gen).to(ctx.device) < cfg.fresh_seed_prob
+        rows = torch.arange(idx.shape[0], device=ctx.device)
         chunks = torch.where(use_fresh[:, None, None], fresh[rows, member], own[rows, member])
         obs = data.obs[idx]
-        alive = torch.ones(idx.shape[0], dtype=torch.bool)
+        alive = torch.ones(idx.shape[0], dtype=torch.bool, device=ctx.device)
         for h in range(chunks.shape[1]):
             act = chunks[:, h]
             disagreement = ensemble_disagreement(model, obs, act)
@@ -239,7 +282,7 @@ def augment(ctx: PhaseContext, model: DynamicsEnsemble, policy: MultiSeedPolicy,
             if alive.any():
                 sel = alive
                 parts.append(Transitions(obs[sel], act[sel], rew[sel], nxt[sel], done[sel].float(),
-                                         torch.full((int(sel.sum()),), cfg.augment_weight)))
+                                         torch.full((int(sel.sum()),), cfg.augment_weight, device=ctx.device)))
                 kept += int(sel.sum())
                 bar.update(int(sel.sum()))
             alive = alive & ~done
@@ -267,11 +310,12 @@ def train_dynamics(ctx: PhaseContext, policy: MultiSeedPolicy) -> Dynamics:
     hidden = cfg.hidden or family(data.robot).dynamics_hidden
 
     def build() -> DynamicsEnsemble:
-        return DynamicsEnsemble(data.obs_dim, data.action_dim, cfg.ensemble, hidden, cfg.layers, cfg.elites)
+        model = DynamicsEnsemble(data.obs_dim, data.action_dim, cfg.ensemble, hidden, cfg.layers, cfg.elites)
+        return model.to(ctx.device)
 
     def real(idx: Tensor) -> Transitions:
         return Transitions(data.obs[idx], data.actions[idx], data.rewards[idx], data.next_obs[idx],
-                           data.terminals[idx], torch.ones(idx.shape[0]))
+                           data.terminals[idx], torch.ones(idx.shape[0], device=ctx.device))
 
     def finished(model: DynamicsEnsemble, metrics: dict) -> Dynamics:
         with torch.no_grad():
@@ -291,7 +335,7 @@ def train_dynamics(ctx: PhaseContext, policy: MultiSeedPolicy) -> Dynamics:
         model.load_state_dict(done["model"])
         return finished(model, done["metrics"])
 
-    seed_everything(ctx.cfg.seed * 1000 + PHASE_SEED_OFFSETS[PHASE])
+    seed_everything(phase_seed(ctx.cfg.seed, PHASE))
 
     stage0 = run.load_checkpoint(f"{PHASE}_T0")
     if stage0 is None:
@@ -315,7 +359,7 @@ def train_dynamics(ctx: PhaseContext, policy: MultiSeedPolicy) -> Dynamics:
             run.save_checkpoint(f"{PHASE}_augmented", {**snapshot(gen), "transitions": aug.state(),
                                                       "metrics": aug_metrics})
         else:
-            aug, aug_metrics = Transitions(**aug_ckpt["transitions"]), aug_ckpt["metrics"]
+            aug, aug_metrics = Transitions(**aug_ckpt["transitions"]).to(ctx.device), aug_ckpt["metrics"]
             restore(aug_ckpt, gen)
         metrics.update(epsilon_kl=threshold, **aug_metrics)
         model = fit_ensemble(ctx, "T", real_train.cat(aug), holdout, gen)

@@ -24,15 +24,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from uepo.phases import PHASE_SEED_OFFSETS, PhaseContext, restore, sample_indices, snapshot
+from uepo.phases import PhaseContext, restore, sample_indices, snapshot
 from uepo.phases.critics import Critics
 from uepo.phases.dynamics import Dynamics
+from uepo.phases.runner import Trainer, train
 from uepo.policy import MultiSeedPolicy
-from uepo.runs import check_finite, seed_everything
+from uepo.runs import seed_everything
+from uepo.seeds import AMQ_NOISE_SEED, phase_seed
 from uepo.tasks import family
 
 PHASE = "improve"
-AMQ_NOISE_SEED = 12345  # common random numbers of every AM-Q rollout
 STD_WARMUP_LR = 1e-3
 
 ActFn = Callable[[Tensor], Tensor]  # raw histories (B, T_o, d_s) -> actions (B, d_a)
@@ -78,8 +79,8 @@ class Support:
         return cls(lo - pad, hi + pad, factor * dynamics.disagreement_quantile(1.0), q_low, q_high, q_floor)
 
     @classmethod
-    def unbounded(cls, obs_dim: int) -> Support:
-        inf = torch.full((obs_dim,), math.inf)
+    def unbounded(cls, obs_dim: int, device: torch.device | str = "cpu") -> Support:
+        inf = torch.full((obs_dim,), math.inf, device=device)
         return cls(-inf, inf, math.inf, -math.inf, math.inf)
 
 
@@ -114,12 +115,13 @@ def am_q(act: ActFn, dynamics: Dynamics, critics: Critics, start_histories: Tens
     one; holding their last Q ranked worst of the rules tried, scripts/amq_support_probe.py). Predicted
     states are clipped to the support's range.
     """
-    support = support or Support.unbounded(start_histories.shape[-1])
+    support = support or Support.unbounded(start_histories.shape[-1], start_histories.device)
     gen = torch.Generator().manual_seed(AMQ_NOISE_SEED)
     hist = start_histories.clone()
     rows = hist.shape[0]
-    alive = torch.ones(rows, dtype=torch.bool)  # inside the support and not terminated
-    left_at = torch.full((rows,), -1)  # the step a row left the support at
+    device = start_histories.device
+    alive = torch.ones(rows, dtype=torch.bool, device=device)  # inside the support and not terminated
+    left_at = torch.full((rows,), -1, device=device)  # the step a row left the support at
     total = total_raw = 0.0
     inside = clipped = 0
     for t in range(horizon):
@@ -205,16 +207,80 @@ def select_sub_policy(amq_best: list[float], plausible: list[bool], warm_nll: li
     return {"selected": best, "method": "imitation-fallback", "warnings": [message]}
 
 
+class BPPOTrainer(Trainer):
+    """BPPO of sub-policy ``index`` as the loop sees it: one step = one clipped-ratio update against π_old;
+    every ``ope_every`` steps AM-Q scores the head, a better plausible Ĵ is accepted (π_old ← π) and the
+    clip decays. ``best`` holds every sub-policy's accepted heads and Ĵ (shared, saved with each checkpoint)."""
+
+    def __init__(self, ctx: PhaseContext, policy: MultiSeedPolicy, index: int, best: dict, critics: Critics,
+                 obs_n: Tensor, base: Tensor, evaluate: Callable[[int, nn.Module], AmQ], gen: torch.Generator):
+        cfg = ctx.cfg.improve
+        self.cfg, self.index, self.best, self.critics, self.obs_n, self.base = cfg, index, best, critics, obs_n, base
+        self.evaluate = evaluate
+        self.phase, self.checkpoint, self.label = PHASE, f"{PHASE}_progress", f"D BPPO sub-policy {index}"
+        self.total, self.log_every, self.step_offset = cfg.steps, cfg.ope_every, index * cfg.steps
+        self.generator = gen
+        self.head = policy.heads[index]
+        self.head.load_state_dict(best["heads"][index])
+        self.old = copy.deepcopy(self.head).requires_grad_(False)
+        self.opt = torch.optim.Adam(self.head.parameters(), lr=cfg.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: max(0.0, 1 - s / cfg.steps))
+        self.clip, self.implausible = cfg.clip, 0
+        self.last: AmQ | None = None
+
+    def step(self, step: int) -> dict[str, Tensor]:
+        loss = bppo_step(self.head, self.old, self.opt, self.critics, self.obs_n, self.base, self.cfg, self.clip,
+                         self.generator)
+        self.sched.step()
+        return {f"BPPO loss of sub-policy {self.index}": loss}
+
+    def metrics(self, losses: dict[str, Tensor]) -> dict[str, float]:
+        """AM-Q of the current head; accepted when plausible and better than the best so far."""
+        i, best = self.index, self.best
+        j = self.last = self.evaluate(i, self.head)
+        accepted = j.plausible and (not best["plausible"][i] or j.value > best["amq"][i])
+        self.implausible += not j.plausible
+        if accepted:
+            best["amq"][i], best["plausible"][i] = j.value, True
+            self.old.load_state_dict(self.head.state_dict())
+            best["heads"][i] = copy.deepcopy(self.head.state_dict())
+        self.clip *= self.cfg.clip_decay
+        loss = next(iter(losses.values()))
+        return {**j.metrics(i), f"accepted_{i}": float(accepted), f"loss_{i}": float(loss)}
+
+    def postfix(self, row: dict[str, float]) -> dict[str, str]:
+        return {"amq": f"{row[f'amq_{self.index}']:.4g}", "best": f"{self.best['amq'][self.index]:.4g}"}
+
+    def should_checkpoint(self, done: int) -> bool:
+        return self.should_log(done)  # after every AM-Q evaluation, the last one included
+
+    def resumes(self, state: dict) -> bool:
+        return state["seed"] == self.index
+
+    def state_dict(self) -> dict:
+        return {"head": self.head.state_dict(), "old": self.old.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "seed": self.index, "amq_best": self.best["amq"],
+                "best_plausible": self.best["plausible"], "best_heads": self.best["heads"], "clip": self.clip,
+                "implausible": self.implausible}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.head.load_state_dict(state["head"])
+        self.old.load_state_dict(state["old"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.clip, self.implausible = state["clip"], state.get("implausible", 0)
+
+
 def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dynamics: Dynamics) -> Improved:
     cfg, data, run = ctx.cfg.improve, ctx.data, ctx.run
     policy = copy.deepcopy(pretrained)
     n = policy.num_seeds
     done = run.load_checkpoint(PHASE)
     if done is not None:
-        policy = MultiSeedPolicy.from_state(done["policy"])
+        policy = MultiSeedPolicy.from_state(done["policy"]).to(ctx.device)
         return Improved(policy, done["selected"], done["amq_raw"], done["amq_best"], done.get("selection", {}))
 
-    seed_everything(ctx.cfg.seed * 1000 + PHASE_SEED_OFFSETS[PHASE])
+    seed_everything(phase_seed(ctx.cfg.seed, PHASE))
     gen = ctx.generator(PHASE)
     horizon = cfg.ope_horizon or family(data.robot).ope_horizon
     support = Support.of(data, dynamics, critics, ctx.cfg.critics.gamma, cfg.ope_state_margin,
@@ -242,78 +308,42 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
         raw = [evaluate(i, policy.heads[i]) for i in range(n)]
         for i, r in enumerate(raw):
             run.log(PHASE, 0, **r.metrics(i))
-        amq_raw, raw_ok = [r.value for r in raw], [r.plausible for r in raw]
+        amq_raw, raw_ok, raw_unclipped = [r.value for r in raw], [r.plausible for r in raw], [r.unclipped for r in raw]
         run.save_checkpoint(f"{PHASE}_cache", {
             **snapshot(gen), "base": base_all, "ope_idx": ope_idx, "heads": [h.state_dict() for h in policy.heads],
-            "amq_raw": amq_raw, "amq_raw_plausible": raw_ok, "warm_nll": warm_nll})
+            "amq_raw": amq_raw, "amq_raw_plausible": raw_ok, "amq_raw_unclipped": raw_unclipped,
+            "warm_nll": warm_nll})
     else:
-        base_all, ope_idx, amq_raw = cached["base"], cached["ope_idx"], cached["amq_raw"]
+        base_all, ope_idx, amq_raw = cached["base"].to(ctx.device), cached["ope_idx"], cached["amq_raw"]
         # a cache written before plausibility was checked: its values are taken as they are
         raw_ok, warm_nll = cached.get("amq_raw_plausible", [True] * n), cached.get("warm_nll", [0.0] * n)
+        raw_unclipped = cached.get("amq_raw_unclipped", amq_raw)
         for h, s in zip(policy.heads, cached["heads"], strict=True):
             h.load_state_dict(s)
         restore(cached, gen)
     start_hist = data.histories(ope_idx, policy.history)
-    warnings = [warn(f"AM-Q of raw sub-policy {i} is implausible ({amq_raw[i]:.4g}, outside the "
+    warnings = [warn(f"AM-Q of raw sub-policy {i} is implausible ({raw_unclipped[i]:.4g} before clipping, outside the "
                      f"[{support.q_low:.4g}, {support.q_high:.4g}] a discounted return on this data can take); "
                      "it is not selected on") for i in range(n) if not raw_ok[i]]
 
-    best_heads = [copy.deepcopy(h.state_dict()) for h in policy.heads]
-    amq_best, best_ok = list(amq_raw), list(raw_ok)
-    first_seed, start = 0, 0
+    best = {"heads": [copy.deepcopy(h.state_dict()) for h in policy.heads], "amq": list(amq_raw),
+            "plausible": list(raw_ok)}
+    first_seed = 0
     progress = run.load_checkpoint(f"{PHASE}_progress")
-    resume_state = None
-    if progress is not None:
-        first_seed, start, amq_best, best_heads = (progress["seed"], progress["step"], progress["amq_best"],
-                                                   progress["best_heads"])
-        best_ok = progress.get("best_plausible", [True] * n)
-        resume_state = progress
-    run.drop_metrics(PHASE, first_seed * cfg.steps + start)
-
+    if progress is not None:  # sub-policies before the checkpoint's are done: their best is in it
+        first_seed = progress["seed"]
+        best.update(heads=progress["best_heads"], amq=progress["amq_best"],
+                    plausible=progress.get("best_plausible", [True] * n))
     for i in range(first_seed, n):
-        head = policy.heads[i]
-        head.load_state_dict(best_heads[i])
-        old = copy.deepcopy(head).requires_grad_(False)
-        opt = torch.optim.Adam(head.parameters(), lr=cfg.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / cfg.steps))
-        clip, step, implausible = cfg.clip, 0, 0
-        if resume_state is not None and resume_state["seed"] == i:
-            restore(resume_state, gen, head=head, old=old, optimizer=opt, scheduler=sched)
-            clip, step, implausible = resume_state["clip"], start, resume_state.get("implausible", 0)
-            resume_state = None
-        base_i = base_all[:, i]
-        bar = ctx.bar(f"D BPPO sub-policy {i}", cfg.steps, step)
-        bar.set_postfix(amq=f"{amq_best[i]:.4g}")
-        while step < cfg.steps:
-            loss = bppo_step(head, old, opt, critics, obs_n, base_i, cfg, clip, gen)
-            check_finite(loss, PHASE, step, f"BPPO loss of sub-policy {i}")
-            sched.step()
-            step += 1
-            bar.update(1)
-            if step % cfg.ope_every == 0 or step == cfg.steps:
-                j = evaluate(i, head)
-                accepted = j.plausible and (not best_ok[i] or j.value > amq_best[i])
-                implausible += not j.plausible
-                if accepted:
-                    amq_best[i], best_ok[i] = j.value, True
-                    old.load_state_dict(head.state_dict())
-                    best_heads[i] = copy.deepcopy(head.state_dict())
-                clip *= cfg.clip_decay
-                run.log(PHASE, i * cfg.steps + step, **j.metrics(i), **{f"accepted_{i}": float(accepted),
-                                                                       f"loss_{i}": float(loss)})
-                bar.set_postfix(amq=f"{j.value:.4g}", best=f"{amq_best[i]:.4g}")
-                run.save_checkpoint(f"{PHASE}_progress", {
-                    **snapshot(gen, head=head, old=old, optimizer=opt, scheduler=sched), "seed": i, "step": step,
-                    "amq_best": amq_best, "best_plausible": best_ok, "best_heads": best_heads, "clip": clip,
-                    "implausible": implausible})
-        bar.close()
-        if implausible:
-            warnings.append(warn(f"BPPO of sub-policy {i}: {implausible} AM-Q evaluations were implausible and "
-                                 "were not accepted (metrics.csv: improve, amq_unclipped_{i})"))
-        start = 0
+        trainer = BPPOTrainer(ctx, policy, i, best, critics, obs_n, base_all[:, i], evaluate, gen)
+        train(ctx, trainer)
+        if trainer.implausible:
+            warnings.append(warn(f"BPPO of sub-policy {i}: {trainer.implausible} AM-Q evaluations were "
+                                 f"implausible and were not accepted (metrics.csv: improve, amq_unclipped_{i})"))
 
-    for h, s in zip(policy.heads, best_heads, strict=True):
+    for h, s in zip(policy.heads, best["heads"], strict=True):
         h.load_state_dict(s)
+    amq_best, best_ok = best["amq"], best["plausible"]
     selection = select_sub_policy(amq_best, best_ok, warm_nll)
     selection["warnings"] = warnings + selection["warnings"]
     selection.update(amq_plausible=best_ok, amq_raw_plausible=raw_ok, support={

@@ -20,9 +20,11 @@ from torch import Tensor, nn
 from uepo import ops
 from uepo.config import Config
 from uepo.diffusion import Schedule, SeedBank
-from uepo.phases import PHASE_SEED_OFFSETS, BatchSampler, PhaseContext, restore, sample_indices, snapshot
+from uepo.phases import BatchSampler, PhaseContext, sample_indices
+from uepo.phases.runner import Trainer, train
 from uepo.policy import MultiSeedPolicy, build_backbone, policy_config
-from uepo.runs import check_finite, seed_everything
+from uepo.runs import seed_everything
+from uepo.seeds import phase_seed, sub_policy_base_seed
 
 PHASE = "pretrain"
 RUNNING_TAU_DECAY = 0.99  # smoothing of the running τ used by the chain during training
@@ -35,7 +37,7 @@ class Pretrained:
 
 
 def base_seed_for(cfg: Config) -> int:
-    return cfg.pretrain.base_seed if cfg.pretrain.base_seed >= 0 else 1000 * cfg.seed
+    return sub_policy_base_seed(cfg.seed, cfg.pretrain.base_seed)
 
 
 def make_policy_config(cfg: Config, obs_dim: int, action_dim: int, tau: float = 0.0) -> dict:
@@ -116,112 +118,135 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
             pe.lerp_(p, 1 - decay)
 
 
+class PretrainTrainer(Trainer):
+    """Phase B as the loop sees it: one step = one update of L_B (with the KL term every kl_every)."""
+
+    shown = ("eps_loss", "bc_nll", "seq_kl")
+
+    def __init__(self, ctx: PhaseContext, pcfg: dict):
+        cfg, p, data = ctx.cfg, ctx.cfg.pretrain, ctx.data
+        self.cfg, self.p, self.data, self.device = cfg, p, data, ctx.device
+        self.randn, self.randint = ctx.randn, ctx.randint
+        self.diffusion = cfg.policy == "diffusion"
+        self.phase, self.checkpoint = PHASE, f"{PHASE}_progress"
+        self.label = "B diffusion" if self.diffusion else "B Gaussian BC ensemble"
+        self.total, self.log_every, self.checkpoint_every = p.steps, p.log_every, p.checkpoint_every
+        self.net = build_backbone(pcfg).to(ctx.device)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(p.warmup_steps, p.steps))
+        self.generator = ctx.generator(PHASE)
+        self.running_tau, self.last_kl = 0.0, float("nan")
+        self.schedule = Schedule(p.diffusion_steps)
+        self.chain = self.schedule.ddim(p.kl_chain_steps)
+        self.chain_seeds = SeedBank.draw(p.num_seeds, p.kl_chain_steps, cfg.data.horizon, data.action_dim,
+                                         base_seed_for(cfg), temperature=p.seed_temperature, device=ctx.device)
+        self.sample_batch = BatchSampler(data, p.start_fraction, p.start_steps)
+        self.use_kl = p.seq_kl and p.alpha > 0 and p.num_seeds > 1
+        self.row: dict[str, float] = {}
+
+    def step(self, step: int) -> dict[str, Tensor]:
+        p, data = self.p, self.data
+        idx = self.sample_batch(p.batch_size, self.generator)
+        cond = data.cond(idx, self.cfg.data.history)
+        loss, means = self._eps_loss(idx, cond) if self.diffusion else self._bc_loss(idx, cond)
+        if self.use_kl and step % p.kl_every == 0:
+            kl_term = self._sequence_kl(idx, cond, means)
+            loss = loss - p.alpha * kl_term
+            self.last_kl = kl_term.item()
+        self._update(loss)
+        return {"L_B": loss.detach()}
+
+    def _eps_loss(self, idx: Tensor, cond: Tensor) -> tuple[Tensor, None]:
+        """The masked ε-prediction loss of dataset chunks at random diffusion steps."""
+        chunk, mask = self.data.chunks(idx, self.cfg.data.horizon)
+        k = self.randint(self.p.diffusion_steps, (idx.shape[0],), self.generator)
+        eps = self.randn(chunk.shape, self.generator)
+        eps_hat = self.net(self.schedule.add_noise(chunk, eps, k), k, cond)
+        loss = masked_eps_loss(eps, eps_hat, mask, self.p.first_action_weight)
+        self.row = {"eps_loss": loss.item()}
+        return loss, None
+
+    def _bc_loss(self, idx: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """Uni-O4: the Gaussian NLL of a_t under every member."""
+        means, log_std = self.net(cond)
+        a = self.data.actions[idx][:, None]
+        loss = (((a - means) / log_std.exp()) ** 2 / 2 + log_std).sum(-1).mean()
+        self.row = {"bc_nll": loss.item()}
+        return loss, means
+
+    def _sequence_kl(self, idx: Tensor, cond: Tensor, means: Tensor | None) -> Tensor:
+        """mean min(R_i, κ) on a sub-batch: μ^i from the differentiable chain (or the BC means)."""
+        p, sub = self.p, idx[: self.p.kl_batch]
+        if self.diffusion:
+            eta = p.eta if (p.divergence and self.running_tau > 0) else 0.0
+            mus, divs = ops.multiseed_ddim(
+                self._chain_eps, cond[: p.kl_batch], self.chain_seeds.noise, self.chain_seeds.perturb,
+                self.chain.timesteps, self.chain.alpha_bars, eta, self.running_tau, return_div=True,
+                divergence_fn=ops.divergence)
+            sub_chunk, sub_mask = self.data.chunks(sub, self.cfg.data.horizon)
+            # running τ: the target quantile of the final-step nearest-competitor divergence
+            q = float(torch.quantile(divs[..., -1].detach().flatten(), p.tau_quantile))
+            decay = RUNNING_TAU_DECAY if self.running_tau > 0 else 0.0
+            self.running_tau = decay * self.running_tau + (1 - decay) * q
+        else:
+            mus, sub_mask = means[: p.kl_batch][:, :, None], None
+            sub_chunk = self.data.actions[sub][:, None]
+        r = sequence_kl(mus, sub_mask, p.sigma_seq, sub_chunk if p.seq_kl_form == "data" else None)
+        return r.clamp(max=p.kappa).mean()
+
+    def _chain_eps(self, x: Tensor, t: int, c: Tensor) -> Tensor:
+        return self.net(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), c)
+
+    def _update(self, loss: Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.p.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.p.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        _ema_update(self.ema, self.net, self.p.ema)
+
+    def metrics(self, losses: dict[str, Tensor]) -> dict[str, float]:
+        row = dict(self.row, loss=losses["L_B"].item(), lr=self.sched.get_last_lr()[0],
+                   running_tau=self.running_tau)
+        if self.use_kl:
+            row["seq_kl"] = self.last_kl  # mean min(R_i, κ) of the latest KL update
+        return row
+
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "running_tau": self.running_tau, "last_kl": self.last_kl}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.running_tau, self.last_kl = state["running_tau"], state["last_kl"]
+
+
 def pretrain(ctx: PhaseContext) -> Pretrained:
     cfg, p, data, run = ctx.cfg, ctx.cfg.pretrain, ctx.data, ctx.run
     pcfg = make_policy_config(cfg, data.obs_dim, data.action_dim)
     done = run.load_checkpoint(PHASE)
     if done is not None:
-        return Pretrained(MultiSeedPolicy.from_state(done["policy"]), done["metrics"])
+        return Pretrained(MultiSeedPolicy.from_state(done["policy"]).to(ctx.device), done["metrics"])
 
-    seed_everything(cfg.seed * 1000 + PHASE_SEED_OFFSETS[PHASE])
-    net = build_backbone(pcfg)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(p.warmup_steps, p.steps))
-    gen = ctx.generator(PHASE)
-    start, running_tau, last_kl = 0, 0.0, float("nan")
-    progress = run.load_checkpoint(f"{PHASE}_progress")
-    if progress is not None:
-        restore(progress, gen, net=net, ema=ema, optimizer=opt, scheduler=sched)
-        start, running_tau, last_kl = progress["step"], progress["running_tau"], progress["last_kl"]
-    run.drop_metrics(PHASE, start)
+    seed_everything(phase_seed(cfg.seed, PHASE))
+    trainer = PretrainTrainer(ctx, pcfg)
+    train(ctx, trainer)
 
-    diffusion = cfg.policy == "diffusion"
-    schedule = Schedule(p.diffusion_steps)
-    chain = schedule.ddim(p.kl_chain_steps)
-    chain_seeds = SeedBank.draw(p.num_seeds, p.kl_chain_steps, cfg.data.horizon, data.action_dim,
-                                base_seed_for(cfg), temperature=p.seed_temperature)
-    sample_batch = BatchSampler(data, p.start_fraction, p.start_steps)
-    H, T_o = cfg.data.horizon, cfg.data.history
-    use_kl = p.seq_kl and p.alpha > 0 and p.num_seeds > 1
-
-    def save_progress(step: int) -> None:
-        run.save_checkpoint(f"{PHASE}_progress", {
-            **snapshot(gen, net=net, ema=ema, optimizer=opt, scheduler=sched),
-            "step": step, "running_tau": running_tau, "last_kl": last_kl,
-        })
-
-    def chain_eps(x: Tensor, t: int, c: Tensor) -> Tensor:
-        return net(x, torch.full((x.shape[0],), t, dtype=torch.long), c)
-
-    label = "B diffusion" if diffusion else "B Gaussian BC ensemble"
-    bar = ctx.bar(label, p.steps, start)
-    for step in range(start, p.steps):
-        idx = sample_batch(p.batch_size, gen)
-        cond = data.cond(idx, T_o)
-        metrics: dict[str, float] = {}
-        if diffusion:
-            chunk, mask = data.chunks(idx, H)
-            k = torch.randint(0, p.diffusion_steps, (idx.shape[0],), generator=gen)
-            eps = torch.randn(chunk.shape, generator=gen)
-            eps_hat = net(schedule.add_noise(chunk, eps, k), k, cond)
-            loss = masked_eps_loss(eps, eps_hat, mask, p.first_action_weight)
-            metrics["eps_loss"] = loss.item()
-        else:  # Uni-O4: Gaussian NLL of a_t for every member
-            means, log_std = net(cond)
-            a = data.actions[idx][:, None]
-            loss = (((a - means) / log_std.exp()) ** 2 / 2 + log_std).sum(-1).mean()
-            metrics["bc_nll"] = loss.item()
-
-        if use_kl and step % p.kl_every == 0:
-            sub = idx[: p.kl_batch]
-            if diffusion:
-                eta = p.eta if (p.divergence and running_tau > 0) else 0.0
-                mus, divs = ops.multiseed_ddim(
-                    chain_eps, cond[: p.kl_batch], chain_seeds.noise, chain_seeds.perturb, chain.timesteps,
-                    chain.alpha_bars, eta, running_tau, return_div=True, divergence_fn=ops.divergence)
-                sub_chunk, sub_mask = data.chunks(sub, H)
-                # running τ: the target quantile of the final-step nearest-competitor divergence
-                q = float(torch.quantile(divs[..., -1].detach().flatten(), p.tau_quantile))
-                decay = RUNNING_TAU_DECAY if running_tau > 0 else 0.0
-                running_tau = decay * running_tau + (1 - decay) * q
-            else:
-                mus, sub_mask = means[: p.kl_batch][:, :, None], None
-                sub_chunk = data.actions[sub][:, None]
-            r = sequence_kl(mus, sub_mask, p.sigma_seq, sub_chunk if p.seq_kl_form == "data" else None)
-            kl_term = r.clamp(max=p.kappa).mean()
-            loss = loss - p.alpha * kl_term
-            last_kl = kl_term.item()
-
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        check_finite(loss, PHASE, step, "L_B")
-        if p.grad_clip > 0:
-            nn.utils.clip_grad_norm_(net.parameters(), p.grad_clip)
-        opt.step()
-        sched.step()
-        _ema_update(ema, net, p.ema)
-        bar.update(1)
-        if (step + 1) % p.log_every == 0 or step + 1 == p.steps:
-            metrics.update(loss=loss.item(), lr=sched.get_last_lr()[0], running_tau=running_tau)
-            if use_kl:
-                metrics["seq_kl"] = last_kl  # mean min(R_i, κ) of the latest KL update
-            run.log(PHASE, step + 1, **metrics)
-            shown = ("eps_loss", "bc_nll", "seq_kl")
-            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in shown})
-        if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.steps:
-            save_progress(step + 1)
-    bar.close()
-
-    policy = MultiSeedPolicy(pcfg, data.obs_mean, data.obs_std, backbone=ema.eval())
+    policy = MultiSeedPolicy(pcfg, data.obs_mean, data.obs_std, backbone=trainer.ema.eval()).to(ctx.device)
     result: dict[str, float] = {}
-    if diffusion:
-        states = sample_indices(data.size, min(p.tau_states, data.size), gen)
-        tau, mean_div = calibrate_tau(policy, data.cond(states, T_o), p.tau_quantile)
+    if trainer.diffusion:
+        states = sample_indices(data.size, min(p.tau_states, data.size), trainer.generator)
+        cond = data.cond(states, cfg.data.history)
+        tau, mean_div = calibrate_tau(policy, cond, p.tau_quantile)
         result.update(tau_calibrated=tau, mean_nearest_divergence=mean_div)
         policy.set_tau(tau if p.divergence else 0.0)
         result["tau"] = policy.tau
-        result["sub_policy_divergence"] = mean_nearest_divergence(policy, data.cond(states, T_o))
+        result["sub_policy_divergence"] = mean_nearest_divergence(policy, cond)
         run.log(PHASE, p.steps, **result)
-    run.save_checkpoint(PHASE, {"policy": policy.state(), "metrics": result, "net": net.state_dict()})
+    run.save_checkpoint(PHASE, {"policy": policy.state(), "metrics": result, "net": trainer.net.state_dict()})
     return Pretrained(policy, result)

@@ -19,7 +19,7 @@ $(VENV)/.installed: $(SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch setuptools wheel ninja
-	MAX_JOBS=$(MAX_JOBS) $(BIN)/pip install -q --no-build-isolation -c constraints.txt -e ".[test,adroit,video]"
+	MAX_JOBS=$(MAX_JOBS) $(BIN)/pip install -q --no-build-isolation -c constraints.txt -e ".[test,adroit,video,sweep]"
 	$(BIN)/python -c "import uepo; print('uepo kernels:', uepo.backend('cpu'))"
 	touch $@
 

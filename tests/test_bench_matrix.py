@@ -1,4 +1,5 @@
-"""scripts/bench_matrix.py: a main run and an ablation that reuses it, run by the scheduler, then tabulated."""
+"""scripts/bench_matrix.py (an alias of uepo.sweep): a main run and an ablation that reuses it, run by the
+scheduler on a local Ray, then tabulated."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("ray", reason='the scheduler runs on Ray, the sweep extra: pip install -e ".[sweep]"')
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_matrix.py"
 

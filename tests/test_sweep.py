@@ -1,0 +1,111 @@
+"""python -m uepo.sweep: two tiny runs on a local Ray, skipped when run again, then the table, CSV and plot;
+the job model's resume/reuse/skip decisions; and the install hint when Ray is missing."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from uepo import sweep
+from uepo.matrix import Job
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason='Ray is the sweep extra: pip install -c constraints.txt -e ".[sweep]"')
+
+
+def sweep_command(action: str, out, dataset: str, *more: str) -> list[str]:
+    """The command the README shows, on the tiny dataset with the CI preset."""
+    return [sys.executable, "-m", "uepo.sweep", action, "--datasets", dataset, "--seeds", "0", "1",
+            "--variants", "main", "--preset", "smoke", "--out", str(out), *more]
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # MINARI_DATASETS_PATH: set by the minari_root fixture
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+@needs_ray
+def test_a_sweep_of_two_runs_on_a_local_ray(tiny_hopper, tmp_path):
+    first = run(sweep_command("run", tmp_path, tiny_hopper, "--max_parallel", "2"))
+    jobs = [Job(tiny_hopper, seed, "main", tmp_path, "smoke") for seed in (0, 1)]
+    assert all(job.finished() for job in jobs), first.stdout
+    lines = first.stdout.splitlines()
+    assert "0 of 2 runs already finished (skipped), 2 to run" in first.stdout
+    events = [line.split("] ")[1].split()[0] for line in lines if line.startswith("[") and "] " in line]
+    assert events[1:] == ["start", "start", "done", "done"]  # both in flight at once, both ended finished
+    for job in jobs:
+        assert "--threads 1" in first.stdout and job.log_path.read_text().strip()
+
+    scores = [job.summary()["scores"]["selected"] for job in jobs]
+    row = next(line for line in lines if line.startswith(f"| {tiny_hopper} | main | 2 |"))
+    assert f"| {statistics.mean(scores):.1f} ± {statistics.stdev(scores):.1f} |" in row
+    with open(tmp_path / "sweep.csv", newline="") as f:
+        (record,) = list(csv.DictReader(f))
+    assert record["dataset"] == tiny_hopper and record["variant"] == "main" and record["seeds"] == "2"
+    assert float(record["selected_mean"]) == pytest.approx(statistics.mean(scores))
+    assert float(record["selected_std"]) == pytest.approx(statistics.stdev(scores))
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"table: {tmp_path / 'sweep.csv'}" in first.stdout and f"plot: {tmp_path / 'sweep.png'}" in first.stdout
+
+    stamps = [(job.run_dir / "summary.json").stat().st_mtime_ns for job in jobs]
+    second = run(sweep_command("run", tmp_path, tiny_hopper, "--max_parallel", "2"))
+    assert "2 of 2 runs already finished (skipped), 0 to run" in second.stdout and " start " not in second.stdout
+    assert [(job.run_dir / "summary.json").stat().st_mtime_ns for job in jobs] == stamps
+
+    tables = run(sweep_command("report", tmp_path, tiny_hopper))
+    assert f"### {tiny_hopper}" in tables.stdout and "| **selected (UEPO)** |" in tables.stdout
+    assert f"| {statistics.mean(scores):.1f} ± {statistics.stdev(scores):.1f} |" in tables.stdout
+    assert "table: " in tables.stderr and "table: " not in tables.stdout  # stdout stays the tables alone
+
+
+def test_run_without_ray_says_how_to_install_it_and_report_still_works(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is not installed
+    assert sweep.main(["run", "--out", str(tmp_path / "runs")]) == 2
+    assert 'pip install "uepo[sweep]"' in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing was started
+    assert sweep.main(["report", "--out", str(tmp_path / "runs")]) == 0
+    assert "### Targets" in capsys.readouterr().out
+
+
+def test_jobs_resume_with_their_own_config_reuse_their_main_run_and_skip_when_finished(tmp_path):
+    main, variant = (Job("test/x/y-v0", 0, v, tmp_path, "smoke", threads=2, extra=("--critics.steps", "5"))
+                     for v in ("main", "no-seq-kl"))
+    fresh = main.command()
+    assert fresh[fresh.index("--threads") + 1] == "2" and "--critics.steps" in fresh
+    assert "--resume" not in fresh and "--reuse_from" not in fresh
+    assert variant.command()[-2:] == ["--reuse_from", str(main.run_dir)] and not variant.ready()
+
+    main.run_dir.mkdir(parents=True)
+    (main.run_dir / "config.yaml").write_text("seed: 0\n")  # a run that started and stopped
+    resumed = main.command()
+    assert resumed[-1] == "--resume" and "--threads" not in resumed  # a resume must not change the config
+    (main.run_dir / "summary.json").write_text(json.dumps({"scores": {"selected": 1.0},
+                                                           "phases_not_run": ["E online fine-tuning"]}))
+    assert main.finished() and variant.ready()
+    assert not dataclasses.replace(main, phases="all").finished()  # phase E still to run
+
+    (main.run_dir / "RUNNING").write_text(f"{os.getpid()} {os.uname().nodename}")
+    assert main.running_elsewhere()
+    (main.run_dir / "RUNNING").write_text(f"{os.getpid()} some-other-node")  # cannot be checked from here
+    assert not main.running_elsewhere()
+
+
+def test_train_flags_after_the_separator_go_to_every_run_but_not_those_the_sweep_sets(tmp_path, capsys):
+    args, extra = sweep.parse(["run", "--datasets", "test/x/y-v0", "--seeds", "4", "--variants", "main",
+                               "--out", str(tmp_path), "--", "--pretrain.steps", "9"])
+    (job,) = sweep.jobs_of(args, extra)
+    assert extra == ["--pretrain.steps", "9"] and job.command()[-4:-2] == ["--pretrain.steps", "9"]
+    assert job.out == tmp_path.resolve() and job.seed == 4
+    with pytest.raises(SystemExit):
+        sweep.parse(["run", "--", "--seed=3"])
+    assert "--seed" in capsys.readouterr().err

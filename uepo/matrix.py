@@ -1,0 +1,379 @@
+"""The run matrix: datasets × seeds × variants of ``python -m uepo.train``, what each run needs, and its tables.
+
+Nothing here needs Ray: ``uepo.sweep`` decides *where* the jobs run (Ray tasks); this module decides
+*what* each job runs and reads back what it gave, so ``python -m uepo.sweep report`` works anywhere.
+
+Runs go to ``<out>/<dataset>/<variant>-s<seed>`` (``uepo.train --run_dir``), one process each, with its
+own torch threads. Each variant starts from its seed's ``main`` run with ``--reuse_from``, so it
+retrains only the phases its flag changes (uepo/reuse.py); a variant therefore waits for its main run.
+A run that stopped is resumed; a finished one is skipped. A run directory holding a ``RUNNING`` file
+with a live pid on this host is being run by another process and is waited for (a ``RUNNING`` file
+from another host cannot be checked from here and is taken as stale: run one sweep per ``--out``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+VARIANTS = {
+    "main": [],
+    "gaussian-ensemble": ["--policy", "gaussian-ensemble"],
+    "no-augmentation": ["--no-augmentation"],
+    "no-seq-kl": ["--no-seq-kl"],
+    "no-divergence": ["--no-divergence"],
+}
+PHASE_KEYS = ["A_critics", "B_pretrain", "C_dynamics", "D_improve", "evaluation"]
+CSV_FIELDS = ["dataset", "variant", "seeds", "selected_mean", "selected_std", "raw_mean"]
+
+
+@dataclass
+class Job:
+    dataset: str
+    seed: int
+    variant: str
+    out: Path
+    preset: str
+    reuse_root: Path | None = None  # an earlier matrix: start from the same run's finished phases there
+    threads: int = 1  # torch threads (and OMP_NUM_THREADS) of the run's process: the CPUs it is given
+    phases: str = "offline"  # or "all": phases A–E
+    extra: tuple[str, ...] = ()  # further uepo.train flags, the same for every run of the matrix
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / self.dataset / f"{self.variant}-s{self.seed}"
+
+    @property
+    def main_dir(self) -> Path:
+        return self.out / self.dataset / f"main-s{self.seed}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir.with_suffix(".log")
+
+    def main_job(self) -> Job:
+        return Job(self.dataset, self.seed, "main", self.out, self.preset, self.reuse_root, self.threads,
+                   self.phases, self.extra)
+
+    def summary(self) -> dict:
+        path = self.run_dir / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def finished(self) -> bool:
+        """Scored; with ``phases="all"`` also past phase E (train.py writes phases_not_run last, [] then)."""
+        summary = self.summary()
+        scored = summary.get("scores", {}).get("selected") is not None
+        return scored and (self.phases == "offline" or summary.get("phases_not_run") == [])
+
+    def running_elsewhere(self) -> bool:
+        """A live process on this host holds the run (``RUNNING``: "pid host", or "pid" as older sweeps wrote)."""
+        pid_file = self.run_dir / "RUNNING"
+        if not pid_file.exists():
+            return False
+        fields = pid_file.read_text().split()
+        if len(fields) > 1 and fields[1] != socket.gethostname():
+            return False
+        try:
+            os.kill(int(fields[0]), 0)
+        except (ValueError, IndexError, ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def ready(self) -> bool:
+        return self.variant == "main" or self.main_job().finished()
+
+    def command(self, python: str = sys.executable) -> list[str]:
+        cmd = [python, "-m", "uepo.train", "--dataset", self.dataset, "--preset", self.preset,
+               "--seed", str(self.seed), "--phases", self.phases, "--run_dir", str(self.run_dir),
+               *VARIANTS[self.variant], *self.extra]
+        prior = self.reuse_root / self.dataset / self.run_dir.name if self.reuse_root else None
+        if (self.run_dir / "config.yaml").exists():
+            return cmd + ["--resume"]  # keeps the run's own threads: a resumed run must not change its config
+        cmd += ["--threads", str(self.threads)]
+        if prior is not None and (prior / "config.yaml").exists():
+            cmd += ["--reuse_from", str(prior)]  # phases whose inputs did not change are copied, not retrained
+        elif self.variant != "main":
+            cmd += ["--reuse_from", str(self.main_dir)]
+        return cmd
+
+
+def child_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """One run's environment: its thread count for OpenMP too (else torch's pool fights the other runs)."""
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="passive", HF_HUB_OFFLINE="1",
+                PYTHONUNBUFFERED="1", **(extra or {}))
+
+
+def run_job(job: Job, env: dict[str, str] | None = None, poll_s: float = 5.0) -> dict:
+    """Run one job to its end in a child process, logging to ``<run_dir>.log``.
+
+    Ray-agnostic (``uepo.sweep`` runs it as a Ray task), and decides on the spot, not when it was
+    queued: a run another process holds is waited for, then resumed or skipped as it was left."""
+    start = time.time()
+    while job.running_elsewhere():
+        time.sleep(poll_s)
+    if job.finished():
+        return job_result(job, 0, start, "finished elsewhere")
+    if not job.ready():
+        return job_result(job, None, start, "its main run is not finished")
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(job.log_path, "a") as log:  # the child keeps its own handle
+        proc = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT,
+                                env=child_env(job.threads, env))
+    running = job.run_dir / "RUNNING"
+    running.write_text(f"{proc.pid} {socket.gethostname()}")
+    try:
+        returncode = proc.wait()
+    finally:
+        running.unlink(missing_ok=True)
+    return job_result(job, returncode, start, "")
+
+
+def job_result(job: Job, returncode: int | None, start: float, note: str) -> dict:
+    return {"run_dir": str(job.run_dir), "returncode": returncode, "seconds": time.time() - start,
+            "host": socket.gethostname(), "note": note}
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.1f} (1 seed)"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def phase_time(summary: dict, key: str) -> tuple[float | None, bool]:
+    """Seconds of a phase and whether they were spent in the main run (phase reused)."""
+    reused = summary.get("reused", {}).get("timings_s", {})
+    if key in reused:
+        return reused[key], True
+    return summary.get("timings_s", {}).get(key), False
+
+
+def t0_fit_seconds(source: Path) -> float | None:
+    """Wall time of the T̂0 fit in ``source``, from metrics.csv: end of phase B to T̂0's last epoch row."""
+    path = source / "metrics.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    b_end = [float(r[0]) for r in rows if r[1] == "pretrain"]
+    t0 = [float(r[0]) for r in rows if r[1] == "dynamics" and r[3] == "T0_holdout_mse"]
+    return t0[-1] - b_end[-1] if b_end and t0 else None
+
+
+def run_record(job: Job) -> dict:
+    """What matrix.json keeps of one finished run."""
+    s = job.summary()
+    sc = s["scores"]
+    report = sc.get("selection_report", {})
+    return {
+        "dataset": job.dataset, "variant": job.variant, "seed": job.seed, "preset": job.preset,
+        "dataset_episodes": sc.get("dataset_episodes"), "raw": sc.get("raw"), "improved": sc.get("improved"),
+        "selected": sc.get("selected"), "selected_index": sc.get("selected_index"),
+        "selection_method": sc.get("selection_method"), "regret": report.get("regret"),
+        "regret_vs_raw": report.get("regret_vs_raw"), "regret_vs_improved": report.get("regret_vs_improved"),
+        "amq_rank_correlation": report.get("amq_rank_correlation"),
+        "amq_raw_rank_correlation": report.get("amq_raw_rank_correlation"),
+        "amq_picks_best_improved": report.get("amq_picks_best_improved"),
+        "amq_raw": sc.get("amq_raw"), "amq_best": sc.get("amq_selected_candidates"),
+        "amq_plausible": sc.get("amq_plausible"), "nearest_divergence": sc.get("nearest_divergence"),
+        "warnings": s.get("warnings", []),
+        "phase_seconds": {k: phase_time(s, k)[0] for k in PHASE_KEYS},
+        "phases_reused": s.get("reused", {}).get("checkpoints", []),
+        "git_commit": s.get("provenance", {}).get("git_commit"),
+        "episodes": len(s.get("evaluation", {}).get("selected", {}).get("scores") or []),
+    }
+
+
+def selection_lines(ds_jobs: list[Job], seeds: list[int]) -> list[str]:
+    """Regret and AM-Q rank correlation per variant and seed."""
+    lines = ["", "Selection, measured in the real env: regret = best real score over raw and improved "
+             "sub-policies − the selected one's; ρ = Spearman correlation of AM-Q with the improved "
+             "sub-policies' real scores (raw: of the raw μⁱ's AM-Q with their scores); ✓ = AM-Q ranked the "
+             "best improved sub-policy first:", "",
+             "| variant | " + " | ".join(f"seed {s}: regret / ρ / ρ raw" for s in seeds)
+             + " | mean regret | best first |", "|---|" + "---|" * (len(seeds) + 2)]
+    for variant in VARIANTS:
+        recs = {j.seed: run_record(j) for j in ds_jobs if j.variant == variant and j.finished()}
+        if not recs or all(r["regret"] is None for r in recs.values()):
+            continue
+
+        def cell(r: dict) -> str:
+            rho = "—" if r["amq_rank_correlation"] is None else f"{r['amq_rank_correlation']:+.2f}"
+            rho_raw = "—" if r["amq_raw_rank_correlation"] is None else f"{r['amq_raw_rank_correlation']:+.2f}"
+            return f"{r['regret']:.1f} / {rho} / {rho_raw}" + (" ✓" if r["amq_picks_best_improved"] else "")
+        regrets = [r["regret"] for r in recs.values() if r["regret"] is not None]
+        firsts = sum(bool(r["amq_picks_best_improved"]) for r in recs.values())
+        lines.append(f"| {variant} | " + " | ".join(cell(recs[s]) if s in recs else "—" for s in seeds)
+                     + f" | {mean_std(regrets)} | {firsts} of {len(recs)} |")
+    return lines
+
+
+def write_json(jobs: list[Job], path: Path) -> None:
+    records = [run_record(j) for j in jobs if j.finished()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"runs": records}, indent=1) + "\n")
+
+
+def targets_table(jobs: list[Job]) -> list[str]:
+    """Issue 8's targets per dataset, main method against gaussian-ensemble, means over finished seeds."""
+    def avg(values: list[float]) -> float | None:
+        return statistics.mean(values) if values else None
+
+    def fmt(v: float | None) -> str:
+        return "—" if v is None else f"{v:.1f}"
+
+    lines = ["| dataset | seeds | raw μⁱ: UEPO / Gaussian | selected UEPO | data's own | 1.059 × selected Gaussian "
+             "| mean regret | AM-Q ranks best first |", "|---|---|---|---|---|---|---|---|"]
+    for dataset in dict.fromkeys(j.dataset for j in jobs):
+        recs = {v: [run_record(j) for j in jobs if j.dataset == dataset and j.variant == v and j.finished()]
+                for v in ("main", "gaussian-ensemble")}
+        main, gauss = recs["main"], recs["gaussian-ensemble"]
+        if not main:
+            continue
+        raw_u = avg([statistics.mean(r["raw"]) for r in main if r["raw"]])
+        raw_g = avg([statistics.mean(r["raw"]) for r in gauss if r["raw"]])
+        sel_u, sel_g = avg([r["selected"] for r in main]), avg([r["selected"] for r in gauss])
+        regret = avg([r["regret"] for r in main if r["regret"] is not None])
+        firsts = sum(bool(r["amq_picks_best_improved"]) for r in main)
+        target_g = None if sel_g is None else 1.059 * sel_g
+        lines.append(f"| {dataset} | {len(main)} | {fmt(raw_u)} / {fmt(raw_g)} | {fmt(sel_u)} "
+                     f"| {fmt(main[0]['dataset_episodes'])} | {fmt(target_g)} | {fmt(regret)} "
+                     f"| {firsts} of {len(main)} |")
+    return lines
+
+
+def report(jobs: list[Job]) -> str:
+    lines = ["### Targets", "", *targets_table(jobs), ""]
+    for dataset in dict.fromkeys(j.dataset for j in jobs):
+        ds_jobs = [j for j in jobs if j.dataset == dataset]
+        seeds = sorted({j.seed for j in ds_jobs})
+        main = [j.summary() for j in ds_jobs if j.variant == "main" and j.finished()]
+        lines += [f"### {dataset}", "", "| policy | " + " | ".join(f"seed {s}" for s in seeds)
+                  + " | mean ± std over seeds |", "|---|" + "---|" * (len(seeds) + 1)]
+        if main:
+            ds, ds_std = main[0]["scores"]["dataset_episodes"], main[0]["scores"].get("dataset_episodes_std")
+            spread = f"{ds:.1f} ± {ds_std:.1f} over episodes" if ds_std is not None else f"{ds:.1f}"
+            lines.append("| dataset's own episodes | " + " | ".join(f"{ds:.1f}" for _ in seeds) + f" | {spread} |")
+        for variant in VARIANTS:
+            vals = {j.seed: j.summary()["scores"]["selected"] for j in ds_jobs if j.variant == variant and j.finished()}
+            if not vals:
+                continue
+            name = "**selected (UEPO)**" if variant == "main" else f"selected, {variant}"
+            lines.append(f"| {name} | " + " | ".join(f"{vals[s]:.1f}" if s in vals else "—" for s in seeds)
+                         + f" | {mean_std(list(vals.values()))} |")
+        lines += ["", "Raw sub-policies (μⁱ without head or BPPO, acting with the first action of their chunk; "
+                  "for gaussian-ensemble, the BC members acting with their mean): all n scores per seed; over "
+                  "seeds, mean ± std of the per-seed mean and of the per-seed best; div = mean nearest-competitor "
+                  "divergence of the sub-policies' chunks on dataset states:",
+                  "", "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean of μⁱ | best μⁱ | div |",
+                  "|---|" + "---|" * (len(seeds) + 3)]
+        for variant in VARIANTS:
+            recs = {j.seed: run_record(j) for j in ds_jobs if j.variant == variant and j.finished()}
+            raws = {s: r["raw"] for s, r in recs.items() if r["raw"]}
+            if not raws:
+                continue
+            cells = [" / ".join(f"{x:.1f}" for x in raws[s]) if s in raws else "—" for s in seeds]
+            means = [statistics.mean(r) for r in raws.values()]
+            bests = [max(r) for r in raws.values()]
+            divs = [r["nearest_divergence"] for r in recs.values() if r["nearest_divergence"] is not None]
+            div = f"{statistics.mean(divs):.2f}" if divs else "—"
+            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean_std(means)} | {mean_std(bests)} "
+                         f"| {div} |")
+        lines += selection_lines(ds_jobs, seeds)
+        lines += ["", "Wall time per phase, seconds, mean over the finished seeds. In brackets: reused "
+                  "from the main run, i.e. measured there (T̂0: the fit on real data, the first part of C, "
+                  "timed from the main run's metrics.csv); total spent counts this run's own work:", "",
+                  "| variant | seeds | " + " | ".join(PHASE_KEYS) + " | total spent | checkpoints reused |",
+                  "|---|---|" + "---|" * 7]
+        for variant in VARIANTS:
+            sums = [j.summary() for j in ds_jobs if j.variant == variant and j.finished()]
+            if not sums:
+                continue
+            cells, total = [], 0.0
+            for key in PHASE_KEYS:
+                times = [phase_time(s, key) for s in sums]
+                vals = [t for t, _ in times if t is not None]
+                avg = statistics.mean(vals) if vals else 0.0
+                reused = all(r for _, r in times)
+                total += 0.0 if reused else avg
+                cell = f"({avg:.0f})" if reused else f"{avg:.0f}"
+                if key == "C_dynamics" and "dynamics_T0" in sums[0].get("reused", {}).get("checkpoints", []):
+                    t0 = [t0_fit_seconds(Path(s["reused"]["from"])) for s in sums]
+                    t0 = [t for t in t0 if t is not None]
+                    cell += f" + ({statistics.mean(t0):.0f} T̂0)" if t0 else " + (T̂0)"
+                cells.append(cell)
+            reused = ", ".join(sums[0].get("reused", {}).get("checkpoints", [])) or "—"
+            lines.append(f"| {variant} | {len(sums)} | " + " | ".join(cells) + f" | {total:.0f} | {reused} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def aggregate(jobs: list[Job]) -> list[dict]:
+    """One row per dataset × variant over its finished seeds: the selected policy's score, mean and std."""
+    rows = []
+    for dataset in dict.fromkeys(j.dataset for j in jobs):
+        for variant in VARIANTS:
+            sums = [j.summary()["scores"] for j in jobs if j.dataset == dataset and j.variant == variant
+                    and j.finished()]
+            if not sums:
+                continue
+            selected = [s["selected"] for s in sums]
+            raw = [statistics.mean(s["raw"]) for s in sums if s.get("raw")]
+            rows.append({"dataset": dataset, "variant": variant, "seeds": len(sums), "selected": selected,
+                         "selected_mean": statistics.mean(selected),
+                         "selected_std": statistics.stdev(selected) if len(selected) > 1 else None,
+                         "raw_mean": statistics.mean(raw) if raw else None})
+    return rows
+
+
+def aggregate_table(rows: list[dict]) -> str:
+    """The rows as a markdown table; mean ± std in the same words as the report's tables."""
+    lines = ["| dataset | variant | seeds | selected: mean ± std over seeds | raw μⁱ: mean |", "|---|---|---|---|---|"]
+    for r in rows:
+        raw = "—" if r["raw_mean"] is None else f"{r['raw_mean']:.1f}"
+        lines.append(f"| {r['dataset']} | {r['variant']} | {r['seeds']} | {mean_std(r['selected'])} | {raw} |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """Plain numbers (no formatting), an empty cell where a value does not exist (std of one seed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows({k: ("" if r[k] is None else r[k]) for k in CSV_FIELDS} for r in rows)
+
+
+def write_plot(rows: list[dict], path: Path) -> None:
+    """Grouped bars: one group per dataset, one bar per variant, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(max(5.0, 3.0 + 0.5 * len(datasets) * len(variants)), 4))
+    for k, variant in enumerate(variants):
+        cells = [(datasets.index(r["dataset"]), r) for r in rows if r["variant"] == variant]
+        xs = [i + (k - (len(variants) - 1) / 2) * width for i, _ in cells]
+        stds = [r["selected_std"] or 0.0 for _, r in cells]  # one seed: no spread to draw
+        ax.bar(xs, [r["selected_mean"] for _, r in cells], width, yerr=stds, capsize=3, label=variant)
+    ax.set_xticks(range(len(datasets)), datasets, rotation=10)
+    ax.set_ylabel("selected policy's score (normalised ×100)")
+    ax.set_title("mean ± std over seeds")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

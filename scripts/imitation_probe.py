@@ -29,7 +29,7 @@ from uepo.phases import PhaseContext, sample_indices
 from uepo.phases.pretrain import calibrate_tau, pretrain
 from uepo.policy import MultiSeedPolicy
 from uepo.runs import Run, seed_everything
-from uepo.train import EVAL_SEED_OFFSET
+from uepo.seeds import evaluation_seed
 
 
 def redraw(policy: MultiSeedPolicy, temperature: float) -> MultiSeedPolicy:
@@ -81,11 +81,11 @@ def main() -> int:
                 policy.set_tau(tau)
             stats = imitation_stats(policy, data, states)
             raw = [evaluate_policy(policy, data.env_spec, i, episodes=args.episodes, raw=True,
-                                   seed=cfg.seed * 1000 + EVAL_SEED_OFFSET, ref_min_score=data.ref_min_score,
+                                   seed=evaluation_seed(cfg.seed), ref_min_score=data.ref_min_score,
                                    ref_max_score=data.ref_max_score)["score_mean"] for i in range(policy.num_seeds)]
             row = {"dataset": cfg.dataset, "seed": cfg.seed, "policy": cfg.policy, "temperature": t,
                    "tau": policy.tau, "raw": raw, "raw_mean": sum(raw) / len(raw), "raw_best": max(raw),
-                   "episodes": args.episodes, "eval_seed": cfg.seed * 1000 + EVAL_SEED_OFFSET,
+                   "episodes": args.episodes, "eval_seed": evaluation_seed(cfg.seed),
                    "train_s": round(train_s, 1), "overrides": rest, **stats}
             out.write(json.dumps(row) + "\n")
             out.flush()

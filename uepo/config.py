@@ -165,7 +165,7 @@ class Config:
     phases: str = f("all", "which phases run: offline (A–D + evaluation), online (E) or all")
     policy: str = f("diffusion", "diffusion (UEPO) or gaussian-ensemble (Uni-O4 BC ensemble)")
     download: bool = f(False, "let Minari download a dataset that is not found locally")
-    device: str = f("cpu", "torch device")
+    device: str = f("cpu", "torch device: cpu, cuda or cuda:N (every phase trains there; envs step on the CPU)")
     threads: int = f(1, "torch CPU threads")
     data: DataConfig = field(default_factory=DataConfig)
     critics: CriticConfig = field(default_factory=CriticConfig)
@@ -330,7 +330,7 @@ def validate(cfg: Config) -> None:
 
 
 def check_device(name: str) -> None:
-    """Refuse a device this version cannot train on, naming what was asked for and what was found."""
+    """Refuse a device this machine cannot train on, naming what was asked for and what was found."""
     import torch
 
     try:
@@ -339,11 +339,13 @@ def check_device(name: str) -> None:
         raise ValueError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...): {exc}") from None
     if device.type == "cpu":
         return
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        raise ValueError(f"--device {name!r}: uepo trains on cpu or cuda, not {device.type}")
+    if not torch.cuda.is_available():
         build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
         raise ValueError(f"--device {name!r} asks for a CUDA GPU, but none is available here (torch "
                          f"{torch.__version__} is {build}; torch.cuda.device_count() = {torch.cuda.device_count()}); "
                          "use --device cpu")
-    found = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    raise ValueError(f"--device {name!r}: found {found}, but the training loops of this version run on the CPU "
-                     "only (the fused kernels have CUDA builds, the phases do not use them yet); use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        found = ", ".join(f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count()))
+        raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} GPU(s): {found}")

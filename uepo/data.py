@@ -9,6 +9,7 @@ histories ``S_t = s_{t-T_o+1:t}`` (padded at the start with the first state) for
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class OfflineData:
     ref_max_score: float | None
     provenance: dict = field(default_factory=dict)
 
+    DEVICE_FIELDS = ("obs", "actions", "rewards", "next_obs", "terminals", "timeouts", "obs_mean", "obs_std")
+
     @property
     def size(self) -> int:
         return self.obs.shape[0]
@@ -66,18 +69,31 @@ class OfflineData:
     def robot(self) -> str | None:
         return robot_name(self.env_id, self.dataset_id)
 
+    @property
+    def device(self) -> torch.device:
+        return self.obs.device
+
+    def to(self, device: torch.device | str) -> OfflineData:
+        """A copy with the float tensors on ``device``; the episode bookkeeping stays on the CPU, where
+        index arithmetic on CPU-drawn batch indices happens (indexing a GPU tensor with them is fine)."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                 if f.name in self.DEVICE_FIELDS}
+        return dataclasses.replace(self, **moved)
+
     def normalize(self, obs: Tensor) -> Tensor:
         return (obs - self.obs_mean) / self.obs_std
 
     def chunks(self, idx: Tensor, horizon: int) -> tuple[Tensor, Tensor]:
         """Action chunks (B, H, d_a) from each index, repeating the episode's last action; mask (B, H)."""
+        idx = idx.cpu()  # index arithmetic with the CPU bookkeeping
         steps = idx[:, None] + torch.arange(horizon)[None]
         last = self.episode_end[idx][:, None] - 1
         mask = steps <= last
-        return self.actions[torch.minimum(steps, last)], mask
+        return self.actions[torch.minimum(steps, last)], mask.to(self.device)
 
     def histories(self, idx: Tensor, history: int) -> Tensor:
         """Raw state histories (B, T_o, d_s), oldest first, repeating the episode's first state."""
+        idx = idx.cpu()
         steps = idx[:, None] + torch.arange(-history + 1, 1)[None]
         first = self.episode_start[idx][:, None]
         return self.obs[torch.maximum(steps, first)]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from uepo import ops
+from uepo import ops, seeds
 from uepo.cli import parse_args
 from uepo.config import Config, load_yaml, preset, save_yaml, to_dict, validate
 from uepo.data import DatasetError, OfflineData, load_offline_data
@@ -40,8 +40,6 @@ PHASES_RUN = ["A critics (IQL)", "B multi-seed pretraining", "C dynamics + augme
               "D improvement + selection", "evaluation"]
 PHASE_ONLINE = "E online fine-tuning"
 ALL_PHASES = [*PHASES_RUN, PHASE_ONLINE]
-EVAL_SEED_OFFSET = 100_000  # evaluation episodes start from seeds disjoint from training
-SELECT_SEED_OFFSET = 200_000  # --selection amq-topk-online's episodes: disjoint from the evaluation's
 
 
 def git_commit() -> str | None:
@@ -93,12 +91,12 @@ def check_resume(cfg: Config, root: Path) -> None:
                          + ". Resume with the same flags, or start a new run")
 
 
-def _episode_settings(ctx: PhaseContext, episodes: int, seed_offset: int) -> dict:
+def _episode_settings(ctx: PhaseContext, episodes: int, first_seed: int) -> dict:
     data = ctx.data
     if data.env_spec is None:
         raise DatasetError(f"dataset {data.dataset_id} records no environment, so it cannot be evaluated; "
                            "set --improve.eval_episodes 0")
-    return dict(episodes=episodes, seed=ctx.cfg.seed * 1000 + seed_offset, dataset_id=data.dataset_id,
+    return dict(episodes=episodes, seed=first_seed, dataset_id=data.dataset_id,
                 ref_min_score=data.ref_min_score, ref_max_score=data.ref_max_score)
 
 
@@ -108,7 +106,7 @@ def evaluate_all(ctx: PhaseContext, policy, selected: int) -> dict:
     results: dict = {}
     if cfg.eval_episodes <= 0:
         return results
-    common = _episode_settings(ctx, cfg.eval_episodes, EVAL_SEED_OFFSET)
+    common = _episode_settings(ctx, cfg.eval_episodes, seeds.evaluation_seed(ctx.cfg.seed))
     if cfg.eval_raw:
         results["raw"] = [evaluate_policy(policy, env, i, raw=True, **common) for i in range(policy.num_seeds)]
     if cfg.eval_improved:
@@ -126,7 +124,7 @@ def select_with_episodes(ctx: PhaseContext, improved: Improved) -> None:
     ok = improved.selection.get("amq_plausible", [True] * len(improved.amq_best))
     ranked = sorted((i for i in range(len(improved.amq_best)) if ok[i]), key=lambda i: -improved.amq_best[i])
     candidates = ranked[:cfg.select_topk] or [improved.selected]
-    common = _episode_settings(ctx, cfg.select_episodes, SELECT_SEED_OFFSET)
+    common = _episode_settings(ctx, cfg.select_episodes, seeds.selection_seed(ctx.cfg.seed))
     returns = {i: evaluate_policy(improved.policy, ctx.data.env_spec, i, **common)["return_mean"]
                for i in candidates}
     improved.selected = max(candidates, key=lambda i: returns[i])
@@ -296,7 +294,8 @@ def _fit_in(run: Run, cfg: Config, data: OfflineData, command: str | None, progr
         reused = reuse_phases(cfg, Path(cfg.reuse_from), run, data.provenance.get("content_sha256"))
         print(f"uepo.train: reused from {cfg.reuse_from} (same inputs, so the same result): "
               f"{', '.join(reused) or 'nothing'}", file=sys.stderr)
-    ctx = PhaseContext(run, cfg, data, torch.device(cfg.device), progress=progress)
+    device = torch.device(cfg.device)
+    ctx = PhaseContext(run, cfg, data.to(device), device, progress=progress)
     if cfg.phases in ("offline", "all"):
         run_offline(ctx, done)
     if cfg.phases in ("online", "all"):

@@ -97,21 +97,25 @@ CHECKPOINT_ORDER = ("critics_progress", "critics", "pretrain_progress", "pretrai
 class Run:
     """One run directory: metrics, timers, checkpoints, summary."""
 
-    def __init__(self, root: Path, resume: bool = False, tensorboard: bool = True):
+    def __init__(self, root: Path, resume: bool = False, tensorboard: bool = True, rank: int = 0):
         self.dir = Path(root)
         self.resume = resume  # the caller decides whether phases restart from their checkpoints
+        self.rank = rank  # in a torchrun run, ranks > 0 read the run but write only their own *_rank<r> files
         self.checkpoints = self.dir / "checkpoints"
         self.plots = self.dir / "plots"
+        self._metrics_path = self.dir / "metrics.csv"
+        self._tb = None
+        self._pending: list[list] | None = None  # a rank > 0's rows while it collects them for rank 0
+        if rank > 0:
+            return
         for d in (self.dir, self.checkpoints, self.plots):
             d.mkdir(parents=True, exist_ok=True)
-        self._metrics_path = self.dir / "metrics.csv"
         new_file = not self._metrics_path.exists()
         self._metrics_file = open(self._metrics_path, "a", newline="")  # noqa: SIM115 (lives with the run)
         self._csv = csv.writer(self._metrics_file)
         if new_file:
             self._csv.writerow(["time", "phase", "step", "key", "value"])
             self._metrics_file.flush()
-        self._tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -129,16 +133,33 @@ class Run:
     def log_rows(self, rows: list[list]) -> None:
         """Append metrics.csv rows (time, phase, step, key, value), also to TensorBoard; rows of
         another run keep the time they were logged at."""
+        if self.rank > 0:
+            if self._pending is not None:
+                self._pending += rows
+            return
         for row in rows:
             self._csv.writerow(row)
             if self._tb is not None:
                 self._tb.add_scalar(f"{row[1]}/{row[3]}", float(row[4]), int(row[2]))
         self._metrics_file.flush()
 
+    def collect_rows(self) -> None:
+        """From now on a rank > 0 keeps the rows it logs (work of its own, e.g. its sub-policies in phase D)
+        until ``take_pending_rows`` hands them to rank 0; otherwise its rows are rank 0's too and dropped."""
+        if self.rank > 0:
+            self._pending = []
+
+    def take_pending_rows(self) -> list[list]:
+        """The rows collected since ``collect_rows`` (and stop collecting)."""
+        rows, self._pending = self._pending or [], None
+        return rows
+
     def drop_metrics(self, phase: str, after_step: int = -1, key_prefix: str = "") -> None:
         """Remove ``phase``'s metrics.csv rows with step > ``after_step`` (and key starting with
         ``key_prefix``): a phase resuming from a checkpoint logs those steps again, so the file ends
         as an uninterrupted run's would (TensorBoard keeps both; it shows the later one)."""
+        if self.rank > 0:
+            return
         self._metrics_file.close()
         with open(self._metrics_path, newline="") as f:
             rows = list(csv.reader(f))
@@ -161,14 +182,20 @@ class Run:
             elapsed = time.perf_counter() - start
             timings = dict(self.read_summary().get("timings_s", {}))
             timings[phase] = round(timings.get(phase, 0.0) + elapsed, 3)
-            self.update_summary(timings_s=timings)
+            self.update_summary(timings_s=timings)  # rank 0's alone
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, name: str, state: dict) -> Path:
         """Write checkpoints/<name>.pt atomically, and latest.pt too unless the run already holds a
-        checkpoint of a later pipeline stage (a resumed run re-saves offline.pt after online.pt)."""
+        checkpoint of a later pipeline stage (a resumed run re-saves offline.pt after online.pt). A rank's own
+        checkpoint (``*_rank<r>``) is written by that rank and never becomes latest.pt; other names by rank 0."""
         path = self.checkpoints / f"{name}.pt"
+        own = name.endswith(f"_rank{self.rank}")
+        if self.rank > 0 and not own:
+            return path
         atomic_torch_save(state, path)
+        if own:
+            return path
         later = CHECKPOINT_ORDER[CHECKPOINT_ORDER.index(name) + 1:] if name in CHECKPOINT_ORDER else ()
         if name != "latest" and not any((self.checkpoints / f"{n}.pt").exists() for n in later):
             atomic_torch_save(state, self.checkpoints / "latest.pt")
@@ -192,11 +219,15 @@ class Run:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def update_summary(self, **items: Any) -> None:
+        if self.rank > 0:
+            return
         summary = self.read_summary()
         summary.update(items)
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2, default=_json_default))
 
     def close(self) -> None:
+        if self.rank > 0:
+            return
         self._metrics_file.close()
         if self._tb is not None:
             self._tb.close()

@@ -6,6 +6,7 @@
 | sub-policy i's fixed noise ε_i, z^i | 1000·s + i (``pretrain.base_seed`` ≥ 0: that + i) | a sub-policy is its seed |
 | the fresh seed bank of augmentation batch b | 10⁷ + 10⁴·s + b | fresh chains, apart from the sub-policies' |
 | AM-Q's model noise | 12345, every policy and run | common random numbers: Ĵ differs by the policy only |
+| BPPO of sub-policy i, in a torchrun run (its own streams on whichever rank) | 1000·s + 500 + i | |
 | offline evaluation episode j | 1000·s + 100000 + j | disjoint from training |
 | ``amq-topk-online`` selection episode j | 1000·s + 200000 + j | disjoint from the evaluation's |
 | online env k's first reset | 1000·s + k | |
@@ -30,6 +31,11 @@ def phase_seed(run_seed: int, phase: str) -> int:
 def sub_policy_base_seed(run_seed: int, override: int = -1) -> int:
     """Sub-policy i draws its noise from ``base + i``; ``override`` ≥ 0 (``pretrain.base_seed``) wins."""
     return override if override >= 0 else 1000 * run_seed
+
+
+def improve_sub_policy_seed(run_seed: int, index: int) -> int:
+    """Phase D's streams for sub-policy ``index`` when ranks split the sub-policies (uepo.distributed)."""
+    return run_seed * 1000 + 500 + index
 
 
 def augmentation_bank_seed(run_seed: int, batch: int) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from uepo import ops, seeds
+from uepo import distributed, ops, seeds
 from uepo.cli import parse_args
 from uepo.config import Config, load_yaml, preset, save_yaml, to_dict, validate
 from uepo.data import DatasetError, OfflineData, load_offline_data
@@ -189,6 +189,8 @@ def run_offline(ctx: PhaseContext, done: list[str]) -> None:
         "env_id": data.env_id,
     }
     run.save_checkpoint("offline", offline)
+    if not ctx.world.main:  # the other ranks' share of the work ends with phase D
+        return
 
     with run.timer("evaluation"):
         evals = evaluate_all(ctx, improved.policy, improved.selected)
@@ -251,53 +253,70 @@ class UsageError(ValueError):
 def fit(cfg: Config, command: str | None = None, progress: bool = True) -> Run:
     """Run the phases ``cfg.phases`` asks for in ``run_directory(cfg)``; returns the (closed) Run.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this: phases A–D share the work
+    (uepo.distributed) and rank 0 alone evaluates, fine-tunes online and writes the run's files.
+
     Raises ``DatasetError``, ``UsageError`` (or ``FileNotFoundError``) before anything is trained when
     the run cannot start, and ``NonFiniteLossError`` (after recording it in summary.json) when a loss
     diverges; the last good checkpoint is kept, so ``--resume`` continues from there.
     """
     validate(cfg)
     torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    data: OfflineData = load_offline_data(cfg.dataset, cfg.download, cfg.data.action_clip)
-    root = run_directory(cfg)
-    if cfg.resume:
-        check_resume(cfg, root)
-    elif (root / "config.yaml").exists():
-        raise UsageError(f"{root} already holds a run; pass --resume to continue it or choose another --run_dir")
-    run = Run(root, resume=cfg.resume)
+    world, device = distributed.init(cfg.device)
     try:
-        _fit_in(run, cfg, data, command, progress)
+        seed_everything(cfg.seed)
+        data: OfflineData = load_offline_data(cfg.dataset, cfg.download, cfg.data.action_clip)
+        root = Path(world.gather_objects(str(run_directory(cfg)))[0])  # rank 0's stamp names the run
+        if cfg.resume:
+            check_resume(cfg, root)
+        elif (root / "config.yaml").exists():
+            raise UsageError(f"{root} already holds a run; pass --resume to continue it or choose another --run_dir")
+        world.barrier()  # no rank may see the config.yaml that rank 0 is about to write as an existing run
+        run = Run(root, resume=cfg.resume, rank=world.rank)
+        try:
+            _fit_in(run, cfg, data, command, progress, world, torch.device(device))
+        finally:
+            run.close()
     finally:
-        run.close()
+        distributed.close(world)
     return run
 
 
-def _fit_in(run: Run, cfg: Config, data: OfflineData, command: str | None, progress: bool) -> None:
+def _fit_in(run: Run, cfg: Config, data: OfflineData, command: str | None, progress: bool,
+            world: distributed.World = distributed.SINGLE, device: torch.device | None = None) -> None:
     root = run.dir
+    device = device or torch.device(cfg.device)
     # --phases online adds to the phases an earlier invocation ran
     done: list[str] = [p for p in run.read_summary().get("phases_run", []) if p != PHASE_ONLINE] \
         if cfg.phases == "online" else []
-    save_yaml(cfg, root / "config.yaml")
+    if world.main:
+        save_yaml(cfg, root / "config.yaml")
     run.update_summary(
         dataset=data.provenance, env_id=data.env_id, preset=cfg.preset, seed=cfg.seed, policy=cfg.policy,
         command=command or "uepo.fit(...)",
         provenance={"git_commit": git_commit(), "torch": torch.__version__,
                     "python": platform.python_version(),
                     "kernel_backend": ops.backend(cfg.device), "threads": cfg.threads,
-                    "machine": platform.machine()},
+                    "machine": platform.machine(), "processes": world.size},
         phases_run=done,
         scores_note="local/Minari data: scores are not comparable with D4RL-v2 tables",
     )
-    print(f"uepo.train: run directory {root}; dataset {data.dataset_id} ({data.size} steps, "
-          f"env {data.env_id}); kernel backend {ops.backend(cfg.device)}", file=sys.stderr)
+    if world.main:
+        print(f"uepo.train: run directory {root}; dataset {data.dataset_id} ({data.size} steps, "
+              f"env {data.env_id}); kernel backend {ops.backend(cfg.device)}"
+              + (f"; {world.size} processes" if world.parallel else ""), file=sys.stderr)
     if cfg.reuse_from and not cfg.resume and cfg.phases != "online":
-        reused = reuse_phases(cfg, Path(cfg.reuse_from), run, data.provenance.get("content_sha256"))
-        print(f"uepo.train: reused from {cfg.reuse_from} (same inputs, so the same result): "
-              f"{', '.join(reused) or 'nothing'}", file=sys.stderr)
-    device = torch.device(cfg.device)
-    ctx = PhaseContext(run, cfg, data.to(device), device, progress=progress)
+        if world.main:
+            reused = reuse_phases(cfg, Path(cfg.reuse_from), run, data.provenance.get("content_sha256"))
+            print(f"uepo.train: reused from {cfg.reuse_from} (same inputs, so the same result): "
+                  f"{', '.join(reused) or 'nothing'}", file=sys.stderr)
+        world.barrier()
+    ctx = PhaseContext(run, cfg, data.to(device), device, progress=progress, world=world)
     if cfg.phases in ("offline", "all"):
         run_offline(ctx, done)
+    world.barrier()
+    if not world.main:  # evaluation, phase E, plots and the summary are rank 0's
+        return
     if cfg.phases in ("online", "all"):
         run_online_phase(ctx, done)
     timings = run.read_summary().get("timings_s", {})

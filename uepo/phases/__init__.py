@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from uepo.config import Config
 from uepo.data import OfflineData
+from uepo.distributed import SINGLE, World
 from uepo.runs import Run, capture_rng, restore_rng
 from uepo.seeds import phase_seed
 
@@ -30,6 +31,7 @@ class PhaseContext:
     data: OfflineData
     device: torch.device
     progress: bool = True  # show tqdm bars
+    world: World = SINGLE  # this process's place in a torchrun run (uepo.distributed)
 
     def generator(self, phase: str) -> torch.Generator:
         """The phase's own batch generator (on the CPU, whatever the device: the same draws everywhere),
@@ -44,7 +46,7 @@ class PhaseContext:
         return torch.randint(0, high, shape, generator=generator).to(self.device)
 
     def bar(self, phase: str, total: int, initial: int = 0) -> tqdm:
-        return tqdm(total=total, initial=initial, desc=phase, disable=not self.progress,
+        return tqdm(total=total, initial=initial, desc=phase, disable=not (self.progress and self.world.main),
                     dynamic_ncols=True, leave=True, mininterval=1.0)
 
 

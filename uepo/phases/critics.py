@@ -50,7 +50,7 @@ class IQLTrainer(Trainer):
         self.cfg, self.data = cfg, data
         self.phase, self.checkpoint, self.label = PHASE, f"{PHASE}_progress", "A critics (IQL)"
         self.total, self.log_every, self.checkpoint_every = cfg.steps, cfg.log_every, cfg.checkpoint_every
-        self.generator = ctx.generator(PHASE)
+        self.generator, self.world = ctx.generator(PHASE), ctx.world
         q, v = build_critics(data.obs_dim, data.action_dim, cfg.hidden, cfg.layers)
         self.q, self.v = q.to(ctx.device), v.to(ctx.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
@@ -61,12 +61,15 @@ class IQLTrainer(Trainer):
         self.target_q = torch.zeros(())
 
     def step(self, step: int) -> dict[str, Tensor]:
-        idx = sample_indices(self.data.size, self.cfg.batch_size, self.generator)
+        idx = self.world.shard(sample_indices(self.data.size, self.cfg.batch_size, self.generator))
         s, a = self.obs_n[idx], self.data.actions[idx]
         v_loss = self._update_v(s, a)
         q_loss = self._update_q(s, a, self.data.rewards[idx], self.next_n[idx], self.not_done[idx])
         self._update_target()
         return {"q_loss": q_loss, "v_loss": v_loss}
+
+    def parallel_modules(self) -> tuple[torch.nn.Module, ...]:
+        return self.q, self.v
 
     def _update_v(self, s: Tensor, a: Tensor) -> Tensor:
         """V ← expectile of the target twins' min at dataset actions."""

@@ -139,6 +139,7 @@ class EnsembleTrainer(Trainer):
         self.phase, self.checkpoint, self.label = PHASE, f"{PHASE}_{stage}_progress", f"C dynamics {stage}"
         self.total, self.checkpoint_every, self.key_prefix = cfg.max_epochs, cfg.checkpoint_every, f"{stage}_"
         self.generator = gen  # the phase's generator, shared by its stages in order
+        self.world = ctx.world
         hidden = cfg.hidden or family(data.robot).dynamics_hidden
         model = DynamicsEnsemble(data.obs_dim, data.action_dim, cfg.ensemble, hidden, cfg.layers, cfg.elites)
         self.model = model.to(ctx.device)
@@ -164,10 +165,14 @@ class EnsembleTrainer(Trainer):
         for u in range(self.updates):
             cols = order[:, u * cfg.batch_size:(u + 1) * cfg.batch_size]
             rows = torch.gather(self.boot, 1, cols)  # (E, B) indices into the training set
+            rows = self.world.shard(rows.T).T  # this rank's columns of the global batch
             loss = self._update(obs[rows], act[rows], tgt[rows], self.train_set.weight[rows])
             total = total + loss.cpu()
         self._keep_best()
         return {f"{self.stage} NLL": total, "last": loss}
+
+    def parallel_modules(self) -> tuple[torch.nn.Module, ...]:
+        return (self.model,)
 
     def _update(self, obs: Tensor, act: Tensor, tgt: Tensor, weight: Tensor) -> Tensor:
         """Gaussian NLL of every member on its own batch, plus the log-variance bound penalty."""

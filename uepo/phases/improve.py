@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from uepo import seeds
 from uepo.phases import PhaseContext, restore, sample_indices, snapshot
 from uepo.phases.critics import Critics
 from uepo.phases.dynamics import Dynamics
@@ -217,7 +218,10 @@ class BPPOTrainer(Trainer):
         cfg = ctx.cfg.improve
         self.cfg, self.index, self.best, self.critics, self.obs_n, self.base = cfg, index, best, critics, obs_n, base
         self.evaluate = evaluate
-        self.phase, self.checkpoint, self.label = PHASE, f"{PHASE}_progress", f"D BPPO sub-policy {index}"
+        self.phase, self.label = PHASE, f"D BPPO sub-policy {index}"
+        # in a torchrun run each rank trains its own sub-policies and keeps its own progress checkpoint
+        self.checkpoint = f"{PHASE}_progress" + (f"_rank{ctx.world.rank}" if ctx.world.parallel else "")
+        self.data_parallel = False
         self.total, self.log_every, self.step_offset = cfg.steps, cfg.ope_every, index * cfg.steps
         self.generator = gen
         self.head = policy.heads[index]
@@ -328,19 +332,25 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
 
     best = {"heads": [copy.deepcopy(h.state_dict()) for h in policy.heads], "amq": list(amq_raw),
             "plausible": list(raw_ok)}
-    first_seed = 0
-    progress = run.load_checkpoint(f"{PHASE}_progress")
+    world, first_seed = ctx.world, 0
+    progress = run.load_checkpoint(f"{PHASE}_progress" + (f"_rank{world.rank}" if world.parallel else ""))
     if progress is not None:  # sub-policies before the checkpoint's are done: their best is in it
         first_seed = progress["seed"]
         best.update(heads=progress["best_heads"], amq=progress["amq_best"],
                     plausible=progress.get("best_plausible", [True] * n))
-    for i in range(first_seed, n):
-        trainer = BPPOTrainer(ctx, policy, i, best, critics, obs_n, base_all[:, i], evaluate, gen)
+    run.collect_rows()  # in a torchrun run: this rank's BPPO rows go to rank 0 with the results
+    for i in (i for i in range(first_seed, n) if world.owns(i)):
+        stream = gen
+        if world.parallel:  # a sub-policy's own streams, whichever rank trains it
+            seed_everything(seeds.improve_sub_policy_seed(ctx.cfg.seed, i))
+            stream = torch.Generator().manual_seed(seeds.improve_sub_policy_seed(ctx.cfg.seed, i))
+        trainer = BPPOTrainer(ctx, policy, i, best, critics, obs_n, base_all[:, i], evaluate, stream)
         train(ctx, trainer)
         if trainer.implausible:
             warnings.append(warn(f"BPPO of sub-policy {i}: {trainer.implausible} AM-Q evaluations were "
                                  f"implausible and were not accepted (metrics.csv: improve, amq_unclipped_{i})"))
-
+    if world.parallel:
+        warnings = gather_sub_policies(ctx, best, warnings)
     for h, s in zip(policy.heads, best["heads"], strict=True):
         h.load_state_dict(s)
     amq_best, best_ok = best["amq"], best["plausible"]
@@ -354,6 +364,21 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
     run.save_checkpoint(PHASE, {"policy": policy.state(), "selected": selected, "amq_raw": amq_raw,
                                 "amq_best": amq_best, "selection": selection})
     return Improved(policy, selected, amq_raw, amq_best, selection)
+
+
+def gather_sub_policies(ctx: PhaseContext, best: dict, warnings: list[str]) -> list[str]:
+    """Every rank's trained sub-policies (accepted heads, Ĵ, plausibility), their warnings and metric rows,
+    merged on every rank; rank 0 writes the other ranks' rows."""
+    world, n = ctx.world, len(best["amq"])
+    mine = {i: (best["heads"][i], best["amq"][i], best["plausible"][i]) for i in range(n) if world.owns(i)}
+    parts = world.gather_objects((mine, warnings, ctx.run.take_pending_rows()))
+    merged: list[str] = []
+    for owned, rank_warnings, rows in parts:
+        for i, (heads, amq, ok) in owned.items():
+            best["heads"][i], best["amq"][i], best["plausible"][i] = heads, amq, ok
+        merged += [w for w in rank_warnings if w not in merged]
+        ctx.run.log_rows(rows)
+    return merged
 
 
 def bppo_step(head: nn.Module, old: nn.Module, opt: torch.optim.Optimizer, critics: Critics, obs_n: Tensor,

@@ -126,7 +126,7 @@ class PretrainTrainer(Trainer):
     def __init__(self, ctx: PhaseContext, pcfg: dict):
         cfg, p, data = ctx.cfg, ctx.cfg.pretrain, ctx.data
         self.cfg, self.p, self.data, self.device = cfg, p, data, ctx.device
-        self.randn, self.randint = ctx.randn, ctx.randint
+        self.randn, self.randint, self.world = ctx.randn, ctx.randint, ctx.world
         self.diffusion = cfg.policy == "diffusion"
         self.phase, self.checkpoint = PHASE, f"{PHASE}_progress"
         self.label = "B diffusion" if self.diffusion else "B Gaussian BC ensemble"
@@ -146,57 +146,66 @@ class PretrainTrainer(Trainer):
         self.row: dict[str, float] = {}
 
     def step(self, step: int) -> dict[str, Tensor]:
-        p, data = self.p, self.data
-        idx = self.sample_batch(p.batch_size, self.generator)
-        cond = data.cond(idx, self.cfg.data.history)
-        loss, means = self._eps_loss(idx, cond) if self.diffusion else self._bc_loss(idx, cond)
+        p = self.p
+        batch = self.sample_batch(p.batch_size, self.generator)  # the global batch; this rank's shard below
+        if self.diffusion:
+            loss, means = self._eps_loss(batch)
+        else:
+            loss, means = self._bc_loss(self.world.shard(batch))
         if self.use_kl and step % p.kl_every == 0:
-            kl_term = self._sequence_kl(idx, cond, means)
+            kl_term = self._sequence_kl(self.world.shard(batch[: p.kl_batch]), means)
             loss = loss - p.alpha * kl_term
             self.last_kl = kl_term.item()
         self._update(loss)
         return {"L_B": loss.detach()}
 
-    def _eps_loss(self, idx: Tensor, cond: Tensor) -> tuple[Tensor, None]:
-        """The masked ε-prediction loss of dataset chunks at random diffusion steps."""
-        chunk, mask = self.data.chunks(idx, self.cfg.data.horizon)
-        k = self.randint(self.p.diffusion_steps, (idx.shape[0],), self.generator)
-        eps = self.randn(chunk.shape, self.generator)
-        eps_hat = self.net(self.schedule.add_noise(chunk, eps, k), k, cond)
+    def _eps_loss(self, batch: Tensor) -> tuple[Tensor, None]:
+        """The masked ε-prediction loss of dataset chunks at random diffusion steps (noise drawn for the
+        global batch, so the ranks together draw what one process does)."""
+        shard, H = self.world.shard, self.cfg.data.horizon
+        k = self.randint(self.p.diffusion_steps, (batch.shape[0],), self.generator)
+        eps = self.randn((batch.shape[0], H, self.data.action_dim), self.generator)
+        idx, k, eps = shard(batch), shard(k), shard(eps)
+        chunk, mask = self.data.chunks(idx, H)
+        eps_hat = self.net(self.schedule.add_noise(chunk, eps, k), k, self.data.cond(idx, self.cfg.data.history))
         loss = masked_eps_loss(eps, eps_hat, mask, self.p.first_action_weight)
         self.row = {"eps_loss": loss.item()}
         return loss, None
 
-    def _bc_loss(self, idx: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+    def _bc_loss(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Uni-O4: the Gaussian NLL of a_t under every member."""
-        means, log_std = self.net(cond)
+        means, log_std = self.net(self.data.cond(idx, self.cfg.data.history))
         a = self.data.actions[idx][:, None]
         loss = (((a - means) / log_std.exp()) ** 2 / 2 + log_std).sum(-1).mean()
         self.row = {"bc_nll": loss.item()}
         return loss, means
 
-    def _sequence_kl(self, idx: Tensor, cond: Tensor, means: Tensor | None) -> Tensor:
+    def _sequence_kl(self, sub: Tensor, means: Tensor | None) -> Tensor:
         """mean min(R_i, κ) on a sub-batch: μ^i from the differentiable chain (or the BC means)."""
-        p, sub = self.p, idx[: self.p.kl_batch]
+        p = self.p
         if self.diffusion:
             eta = p.eta if (p.divergence and self.running_tau > 0) else 0.0
             mus, divs = ops.multiseed_ddim(
-                self._chain_eps, cond[: p.kl_batch], self.chain_seeds.noise, self.chain_seeds.perturb,
-                self.chain.timesteps, self.chain.alpha_bars, eta, self.running_tau, return_div=True,
-                divergence_fn=ops.divergence)
+                self._chain_eps, self.data.cond(sub, self.cfg.data.history), self.chain_seeds.noise,
+                self.chain_seeds.perturb, self.chain.timesteps, self.chain.alpha_bars, eta, self.running_tau,
+                return_div=True, divergence_fn=ops.divergence)
             sub_chunk, sub_mask = self.data.chunks(sub, self.cfg.data.horizon)
-            # running τ: the target quantile of the final-step nearest-competitor divergence
-            q = float(torch.quantile(divs[..., -1].detach().flatten(), p.tau_quantile))
+            # running τ: the target quantile of the final-step nearest-competitor divergence (all ranks' states)
+            last = torch.cat(self.world.gather_objects(divs[..., -1].detach().flatten().cpu()))
+            q = float(torch.quantile(last, p.tau_quantile))
             decay = RUNNING_TAU_DECAY if self.running_tau > 0 else 0.0
             self.running_tau = decay * self.running_tau + (1 - decay) * q
         else:
-            mus, sub_mask = means[: p.kl_batch][:, :, None], None
+            mus, sub_mask = means[: sub.shape[0]][:, :, None], None
             sub_chunk = self.data.actions[sub][:, None]
         r = sequence_kl(mus, sub_mask, p.sigma_seq, sub_chunk if p.seq_kl_form == "data" else None)
         return r.clamp(max=p.kappa).mean()
 
     def _chain_eps(self, x: Tensor, t: int, c: Tensor) -> Tensor:
         return self.net(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), c)
+
+    def parallel_modules(self) -> tuple[nn.Module, ...]:
+        return (self.net,)
 
     def _update(self, loss: Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from uepo.distributed import average_gradients
 from uepo.phases import PhaseContext, restore, snapshot
 from uepo.runs import check_finite
 
@@ -33,6 +34,11 @@ class Trainer:
     step_offset: int = 0  # metrics.csv step = step_offset + steps done
     key_prefix: str = ""  # this trainer's metric keys start with it (resume drops only those rows)
     shown: tuple[str, ...] = ()  # metric keys shown beside the progress bar
+    data_parallel: bool = True  # in a torchrun run: a shard of each batch per rank, gradients and metrics averaged
+
+    def parallel_modules(self) -> tuple[torch.nn.Module, ...]:
+        """The trained modules whose gradients are averaged across ranks (data-parallel trainers)."""
+        return ()
 
     def step(self, step: int) -> dict[str, Tensor | float]:
         """Do step ``step`` (0-based); return its losses by name (the loop stops on a non-finite one)."""
@@ -68,7 +74,10 @@ class Trainer:
 
 def train(ctx: PhaseContext, trainer: Trainer) -> int:
     """Run ``trainer`` from its progress checkpoint (if any) until it is finished; returns steps done."""
-    run = ctx.run
+    run, world = ctx.run, ctx.world
+    world.barrier()  # every rank sees the same checkpoints
+    if trainer.data_parallel:
+        average_gradients(world, *trainer.parallel_modules())
     done = 0
     saved = run.load_checkpoint(trainer.checkpoint)
     if saved is not None and trainer.resumes(saved):
@@ -85,6 +94,8 @@ def train(ctx: PhaseContext, trainer: Trainer) -> int:
         bar.update(1)
         if trainer.should_log(done):
             row = trainer.metrics(losses)
+            if trainer.data_parallel:
+                row = world.mean(row, ctx.device)
             run.log(trainer.phase, trainer.step_offset + done, **row)
             bar.set_postfix(trainer.postfix(row))
         if trainer.should_checkpoint(done):

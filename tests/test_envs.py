@@ -49,6 +49,23 @@ def test_vector_env_returns_histories_and_final_obs_on_truncation():
     assert not np.array_equal(info["final_obs"][0][-1], obs[0, -1])
 
 
+def test_history_vector_env_returns_what_gymnasium_sync_vector_env_returns():
+    spec = dataclasses.replace(gym.spec("Hopper-v5"), max_episode_steps=6)  # truncations and terminations
+    ours = envs.make_vector_env(spec, 3, 2)
+    theirs = gym.vector.SyncVectorEnv([lambda: envs.make_env(spec, 2) for _ in range(3)],
+                                      autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    np.testing.assert_array_equal(ours.reset(seed=[5, 6, 7])[0], theirs.reset(seed=[5, 6, 7])[0])
+    ended = 0
+    for a in np.random.default_rng(0).uniform(-1, 1, (40, 3, 3)):
+        mine, gyms = ours.step(a), theirs.step(a)
+        for u, v in zip(mine[:4], gyms[:4], strict=True):
+            np.testing.assert_array_equal(u, v)
+        for k in np.flatnonzero(gyms[2] | gyms[3]):
+            np.testing.assert_array_equal(mine[4]["final_obs"][k], gyms[4]["final_obs"][k])
+            ended += 1
+    assert ended >= 6
+
+
 def _roll(vec, actions):
     out = []
     for a in actions:

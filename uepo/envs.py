@@ -1,9 +1,10 @@
 """Environments: the dataset's env from its Minari metadata, vector envs with state histories,
 exact save/restore of their state (for resumable online runs), episodes and video.
 
-The policy conditions on a history of ``T_o`` states (SPEC §1), so every env is wrapped in
-``ObservationHistory``: observations become (T_o, d_s) arrays, padded at the start of an
-episode by repeating the first state, exactly like the dataset windows.
+The policy conditions on a history of ``T_o`` states (SPEC §1), so observations are (T_o, d_s)
+arrays, padded at the start of an episode by repeating the first state, exactly like the dataset
+windows: single envs through the ``ObservationHistory`` wrapper, the online phase's vector env
+(``HistoryVectorEnv``) in one array it slides in place (the same numbers, without a wrapper layer).
 """
 
 from __future__ import annotations
@@ -64,20 +65,24 @@ def package_for(env: str | EnvSpec) -> str | None:
     return None
 
 
-def make_env(env: str | EnvSpec, history: int = 1, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
-    """gym.make(env) wrapped in ObservationHistory(history); says which package to install if
-    the env's package is missing."""
+def make_raw_env(env: str | EnvSpec, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
+    """gym.make(env), saying which package to install if the env's package is missing."""
     package = package_for(env)
     module = _REGISTERING_MODULES.get(package or "")
     if module is not None and importlib.util.find_spec(module) is not None:
         __import__(module)  # registers its envs with gymnasium
     try:
-        inner = gym.make(env, render_mode=render_mode, **kwargs)
+        return gym.make(env, render_mode=render_mode, **kwargs)
     except (ModuleNotFoundError, gym.error.NameNotFound, gym.error.DependencyNotInstalled) as exc:
         env_id = env if isinstance(env, str) else env.id
         hint = f"`pip install {package}`" if package else "install the package that provides it"
         raise RuntimeError(f"cannot make env {env_id!r} ({str(exc).rstrip('.')}): {hint} and retry") from exc
-    return ObservationHistory(inner, history)
+
+
+def make_env(env: str | EnvSpec, history: int = 1, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
+    """gym.make(env) wrapped in ObservationHistory(history); says which package to install if
+    the env's package is missing."""
+    return ObservationHistory(make_raw_env(env, render_mode, **kwargs), history)
 
 
 class ObservationHistory(gym.Wrapper):
@@ -86,16 +91,9 @@ class ObservationHistory(gym.Wrapper):
 
     def __init__(self, env: gym.Env, history: int):
         super().__init__(env)
-        if history < 1:
-            raise ValueError(f"history must be >= 1, got {history}")
-        box = env.observation_space
-        if not isinstance(box, gym.spaces.Box) or len(box.shape) != 1:
-            raise ValueError(f"ObservationHistory needs a flat Box observation space, got {box}")
         self.history = history
-        self.observation_space = gym.spaces.Box(
-            np.repeat(box.low[None], history, 0), np.repeat(box.high[None], history, 0), dtype=box.dtype
-        )
-        self._frames = np.zeros(self.observation_space.shape, dtype=box.dtype)
+        self.observation_space = history_space(env.observation_space, history)
+        self._frames = np.zeros(self.observation_space.shape, dtype=self.observation_space.dtype)
 
     def reset(self, **kwargs: Any):
         obs, info = self.env.reset(**kwargs)
@@ -108,8 +106,74 @@ class ObservationHistory(gym.Wrapper):
         return self._frames.copy(), reward, terminated, truncated, info
 
 
-def make_vector_env(env: str | EnvSpec, num_envs: int, history: int = 1) -> gym.vector.SyncVectorEnv:
-    """``num_envs`` copies in one process (rollouts are dominated by the policy on few cores).
+def history_space(box: gym.Space, history: int) -> gym.spaces.Box:
+    """The (T_o, d_s) Box of state histories over a flat Box of states."""
+    if history < 1:
+        raise ValueError(f"history must be >= 1, got {history}")
+    if not isinstance(box, gym.spaces.Box) or len(box.shape) != 1:
+        raise ValueError(f"state histories need a flat Box observation space, got {box}")
+    return gym.spaces.Box(np.repeat(box.low[None], history, 0), np.repeat(box.high[None], history, 0),
+                          dtype=box.dtype)
+
+
+class HistoryVectorEnv:
+    """``num_envs`` envs stepped in turn in this process, their (T_o, d_s) state histories kept in one
+    preallocated (N, T_o, d_s) array.
+
+    Returns what gymnasium's SyncVectorEnv over ObservationHistory-wrapped envs returns (the same
+    numbers), with same-step autoreset: when an episode ends, ``step`` returns the next episode's
+    first (padded) history and puts the ended one in ``info["final_obs"]`` (an object array, None
+    where no episode ended). It skips what rollouts do not read but paid for at every step: the
+    wrapper layer, the merging of every sub-env's info dict and the per-env copies.
+    """
+
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], history: int):
+        self.envs = [fn() for fn in env_fns]
+        self.num_envs = len(self.envs)
+        self.single_observation_space = history_space(self.envs[0].observation_space, history)
+        self.single_action_space = self.envs[0].action_space
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
+        self.history = history
+        self.frames = np.zeros(self.observation_space.shape, dtype=self.single_observation_space.dtype)
+        self._latest = np.zeros((self.num_envs, self.frames.shape[-1]), dtype=self.frames.dtype)
+
+    def reset(self, *, seed: int | Sequence[int | None] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Reset every env (an int seed s seeds env k with s + k, as gymnasium does); info is empty."""
+        seeds = [seed + k for k in range(self.num_envs)] if isinstance(seed, int) else seed
+        seeds = [None] * self.num_envs if seeds is None else list(seeds)
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"{len(seeds)} seeds for {self.num_envs} envs")
+        for k, (env, s) in enumerate(zip(self.envs, seeds, strict=True)):
+            self.frames[k] = env.reset(seed=s, options=options)[0]  # padded: the first state T_o times
+        return self.frames.copy(), {}
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        rewards = np.zeros(self.num_envs)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        for k, env in enumerate(self.envs):
+            self._latest[k], rewards[k], terminated[k], truncated[k], _ = env.step(actions[k])
+        self.frames[:, :-1] = self.frames[:, 1:]  # slide every history by one state at once
+        self.frames[:, -1] = self._latest
+        info: dict[str, Any] = {}
+        ended = np.flatnonzero(terminated | truncated)
+        if len(ended):
+            final = np.full(self.num_envs, None, dtype=object)
+            for k in ended:
+                final[k] = self.frames[k].copy()
+                self.frames[k] = self.envs[k].reset()[0]
+            info = {"final_obs": final, "_final_obs": terminated | truncated}
+        return self.frames.copy(), rewards, terminated, truncated, info
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def make_vector_env(env: str | EnvSpec, num_envs: int, history: int = 1) -> HistoryVectorEnv:
+    """``num_envs`` copies in one process, observations (N, T_o, d_s) state histories.
 
     Same-step autoreset: when an episode ends, ``step`` returns the next episode's first
     observation and puts the last one in ``info["final_obs"]`` (needed to bootstrap through
@@ -117,11 +181,10 @@ def make_vector_env(env: str | EnvSpec, num_envs: int, history: int = 1) -> gym.
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    make_env(env, history).close()  # fail here, with the clear error, rather than inside the vector env
-    return gym.vector.SyncVectorEnv(
-        [lambda: make_env(env, history) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    probe = make_raw_env(env)  # fail here, with the clear error, rather than inside the vector env
+    history_space(probe.observation_space, history)
+    probe.close()
+    return HistoryVectorEnv([lambda: make_raw_env(env) for _ in range(num_envs)], history)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,33 +207,30 @@ def _mujoco_state(env: gym.Env) -> np.ndarray:
     return state
 
 
-def capture_env_state(vec: gym.vector.SyncVectorEnv) -> list[dict]:
+def capture_env_state(vec: HistoryVectorEnv) -> list[dict]:
     """Per sub-env: physics, env RNG, step counter, observation history. Plain types/arrays only."""
     states = []
-    for env in vec.envs:
+    for k, env in enumerate(vec.envs):
         state: dict[str, Any] = {
             "physics": _mujoco_state(env),
             "np_random": env.unwrapped.np_random.bit_generator.state,
+            "history": vec.frames[k].copy(),
         }
-        layer = env
-        while isinstance(layer, gym.Wrapper):
-            if isinstance(layer, ObservationHistory):
-                state["history"] = layer._frames.copy()
-            if isinstance(layer, gym.wrappers.TimeLimit):
-                state["elapsed_steps"] = layer._elapsed_steps
-            layer = layer.env
+        time_limit = _time_limit(env)
+        if time_limit is not None:
+            state["elapsed_steps"] = time_limit._elapsed_steps
         states.append(state)
     return states
 
 
-def restore_env_state(vec: gym.vector.SyncVectorEnv, states: Sequence[dict]) -> None:
+def restore_env_state(vec: HistoryVectorEnv, states: Sequence[dict]) -> None:
     """Undo capture_env_state on a vector env of the same envs that has been reset once."""
     import mujoco
 
     if len(states) != vec.num_envs:
         raise ValueError(f"saved state holds {len(states)} envs but the vector env has {vec.num_envs}: "
                          "resume with the same num_envs")
-    for env, state in zip(vec.envs, states, strict=True):
+    for k, (env, state) in enumerate(zip(vec.envs, states, strict=True)):
         u = env.unwrapped
         physics = np.asarray(state["physics"], dtype=np.float64)
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
@@ -179,13 +239,19 @@ def restore_env_state(vec: gym.vector.SyncVectorEnv, states: Sequence[dict]) -> 
         mujoco.mj_setState(u.model, u.data, physics, spec)
         mujoco.mj_forward(u.model, u.data)  # derived quantities (positions of bodies) some envs read
         u.np_random.bit_generator.state = state["np_random"]
-        layer = env
-        while isinstance(layer, gym.Wrapper):
-            if isinstance(layer, ObservationHistory):
-                layer._frames = np.asarray(state["history"], dtype=layer._frames.dtype).copy()
-            if isinstance(layer, gym.wrappers.TimeLimit):
-                layer._elapsed_steps = int(state["elapsed_steps"])
-            layer = layer.env
+        vec.frames[k] = np.asarray(state["history"], dtype=vec.frames.dtype)
+        time_limit = _time_limit(env)
+        if time_limit is not None:
+            time_limit._elapsed_steps = int(state["elapsed_steps"])
+
+
+def _time_limit(env: gym.Env) -> gym.wrappers.TimeLimit | None:
+    """The TimeLimit layer of a wrapped env, if it has one."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, gym.wrappers.TimeLimit):
+            return env
+        env = env.env
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,12 +12,14 @@ With ``kind="gaussian-ensemble"`` (Uni-O4's recipe) the backbone is n Gaussian B
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from uepo import ops
 from uepo.diffusion import DDIMSteps, Schedule, SeedBank, ddpm_step_noise, multiseed_ddpm, multiseed_sample
 from uepo.nets import GaussianBCEnsemble, ResidualGaussianHead, ResidualMLPDenoiser, UNetDenoiser
 
@@ -107,6 +109,24 @@ class MultiSeedPolicy(nn.Module):
         else:
             chunks, _ = multiseed_sample(self.denoiser, cond, self.steps, self.seeds, self.eta, self.tau)
         return chunks if seed_indices is None else chunks[:, seed_indices]
+
+    def base_sampler(self, seed_index: int) -> Callable[[Tensor], Tensor]:
+        """cond (B, C) -> μ^i_1 (B, d_a), no autograd: ``base_chunks_from_cond`` for acting, one env step at a time.
+
+        With the residual MLP on the compiled backend it calls the fused op with its constant
+        arguments built once (the same call, the same numbers: rebuilding the weight list, the
+        timesteps and the backend check cost ~5 % of the kernel at B = 1). Valid while τ, the
+        backend and the parameter objects stay (in-place weight updates are seen); build it again
+        after ``set_tau``.
+        """
+        if (self.kind != "diffusion" or self.sampler != "ddim" or not isinstance(self.denoiser, ResidualMLPDenoiser)
+                or ops.backend(self.seed_noise.device) == "reference"):
+            return lambda cond: self.base_chunks_from_cond(cond)[:, seed_index, 0]
+        op = torch.ops.uepo.multiseed_sample.default
+        args = (self.seed_noise, self.seed_perturb, self.denoiser.kernel_weights(),
+                [int(t) for t in self.steps.timesteps], [float(a) for a in self.steps.alpha_bars],
+                self.horizon, self.eta, self.tau, ops.DIVERGENCE_EPS, False)
+        return lambda cond: op(cond, *args)[0][:, seed_index, 0]
 
     def base_chunks(self, obs_history: Tensor, seed_indices: list[int] | None = None) -> Tensor:
         """μ^i (B, n_sel, H, d_a) through uepo.diffusion.multiseed_sample (fused op)."""

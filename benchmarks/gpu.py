@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from uepo import ops
+from uepo import graphs, ops
 from uepo.diffusion import Schedule, SeedBank
 from uepo.nets import ResidualMLPDenoiser
 
@@ -42,23 +42,14 @@ def cuda_time(fn, repeats: int = 30, warmup: int = 5) -> float:
 
 
 def cuda_graphed(fn):
-    """``fn`` captured in a CUDA graph (after warm-up on a side stream, as torch.cuda.graphs asks): replay();
-    None when ``fn`` cannot be captured (a host sync, a CPU tensor), with the reason printed."""
+    """``fn`` captured in a CUDA graph (uepo.graphs.capture), as a replay function; None when ``fn`` cannot
+    be captured (a host sync, a CPU tensor), with the reason printed."""
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
+        return graphs.capture(fn)
     except Exception as exc:  # noqa: BLE001 (report, go on with the other cases)
         print(f"  (not capturable in a CUDA graph: {type(exc).__name__}: {str(exc)[:120]})")
         torch.cuda.synchronize()
         return None
-    return graph.replay
 
 
 def sampler_pair(batch: int):
@@ -84,6 +75,32 @@ def divergence_pair(batch: int, seeds: int, horizon: int, act: int):
     return run(ops.divergence), run(ops.reference_divergence)
 
 
+def acting_pair(num_envs: int):
+    """Phase E's acting step (sampler + head + draw, uepo.phases.online.OnlineAgent.acting_step) at the
+    default network sizes: eager, and replayed from a CUDA graph (--online.cuda_graph)."""
+    from uepo.config import OnlineConfig
+    from uepo.nets import ValueNet
+    from uepo.phases.online import OnlineAgent
+    from uepo.policy import MultiSeedPolicy, policy_config
+
+    torch.manual_seed(0)
+    cfg = policy_config("diffusion", OBS, ACT, HIST, HORIZON, SEEDS, sampling_steps=STEPS, tau=1.0)
+    policy = MultiSeedPolicy(cfg, torch.zeros(OBS), torch.ones(OBS)).cuda()
+    value = ValueNet(OBS, 256, 2).cuda()
+    hist = torch.randn(num_envs, HIST, OBS, device="cuda")
+    eager = OnlineAgent(policy, 0, value, OnlineConfig()).acting_step(num_envs)
+    with torch.inference_mode():
+        graphed = OnlineAgent(policy, 0, value, OnlineConfig(cuda_graph=True)).acting_step(num_envs)
+
+    def run(step):
+        def call():
+            with torch.inference_mode():
+                step(hist)
+        return call
+
+    return run(graphed), run(eager)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="benchmarks/gpu_latest.json")
@@ -104,6 +121,12 @@ def main() -> int:
                        "ratio_vs_graph": None if g is None else g / f}
         graph_text = f"{g * 1e3:10.3f} {g / f:8.2f}x" if g is not None else f"{'—':>10s} {'—':>9s}"
         print(f"{key:24s} {f * 1e3:10.3f} {r * 1e3:10.3f} {graph_text} {r / f:8.2f}x")
+    print(f"{'acting step':24s} {'graph ms':>10s} {'eager ms':>10s} {'speed-up':>9s}")
+    for num_envs in (1, 8):
+        graphed, eager = acting_pair(num_envs)
+        g, e = cuda_time(graphed), cuda_time(eager)
+        result[f"acting_step_{num_envs}env"] = {"graph_s": g, "eager_s": e, "ratio": e / g}
+        print(f"{f'acting_step_{num_envs}env':24s} {g * 1e3:10.3f} {e * 1e3:10.3f} {e / g:8.2f}x")
     b1 = result["sampler_b1"]
     result["targets"] = {"sampler_b1_le_100us": b1["fused_s"] <= 100e-6,
                          "sampler_b1_ge_5x_graph": b1["ratio_vs_graph"] is not None and b1["ratio_vs_graph"] >= 5}

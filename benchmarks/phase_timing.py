@@ -34,6 +34,7 @@ from uepo.phases.critics import Critics, IQLTrainer
 from uepo.phases.dynamics import Dynamics, EnsembleTrainer, Transitions
 from uepo.phases.improve import BPPOTrainer, Support, am_q, head_act_fn
 from uepo.phases.pretrain import PretrainTrainer, make_policy_config
+from uepo.phases.runner import accelerate
 from uepo.policy import MultiSeedPolicy
 from uepo.runs import Run, seed_everything
 
@@ -53,19 +54,25 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, steps: int,
     return (time.perf_counter() - start) / steps
 
 
-def trainer_step(trainer) -> Callable[[], object]:
-    counter = iter(range(10**9))
-    return lambda: trainer.step(next(counter))
+def trainer_step(ctx: PhaseContext, trainer) -> Callable[[], object]:
+    """One step as the runner runs it (with --compile and --amp applied to phases A–C)."""
+    counter, autocast = iter(range(10**9)), accelerate(ctx, trainer)
+
+    def step() -> object:
+        with autocast():
+            return trainer.step(next(counter))
+    return step
 
 
 def measure(device: torch.device, preset_name: str, steps: int, warmup: int, dataset_size: int,
-            online: bool) -> dict:
+            online: bool, amp: str = "off", compile: bool = False, cuda_graph: bool = False) -> dict:  # noqa: A002
     cfg = preset(preset_name)
-    cfg.device = str(device)
+    cfg.device, cfg.amp, cfg.compile, cfg.online.cuda_graph = str(device), amp, compile, cuda_graph
     use_shipped_dataset(DEFAULT_DATASET_ID)
     data = load_offline_data(DEFAULT_DATASET_ID).to(device)
     seed_everything(0)
-    out: dict = {"device": str(device), "preset": preset_name, "dataset_size": dataset_size,
+    out: dict = {"device": str(device), "preset": preset_name, "dataset_size": dataset_size, "amp": amp,
+                 "compile": compile, "cuda_graph": cuda_graph,
                  "kernel_backend": ops.backend(device.type), "steps_timed": steps, "per_step_s": {},
                  "steps": {}, "projected_s": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,11 +80,11 @@ def measure(device: torch.device, preset_name: str, steps: int, warmup: int, dat
         per, count = out["per_step_s"], out["steps"]
 
         critics = IQLTrainer(ctx)
-        per["A_critics"] = seconds_per_call(trainer_step(critics), device, steps, warmup)
+        per["A_critics"] = seconds_per_call(trainer_step(ctx, critics), device, steps, warmup)
         count["A_critics"] = cfg.critics.steps
 
         pretrainer = PretrainTrainer(ctx, make_policy_config(cfg, data.obs_dim, data.action_dim))
-        per["B_pretrain"] = seconds_per_call(trainer_step(pretrainer), device, steps, warmup)
+        per["B_pretrain"] = seconds_per_call(trainer_step(ctx, pretrainer), device, steps, warmup)
         count["B_pretrain"] = cfg.pretrain.steps
         policy = MultiSeedPolicy(make_policy_config(cfg, data.obs_dim, data.action_dim, tau=0.1), data.obs_mean,
                                  data.obs_std, backbone=pretrainer.ema).to(device)
@@ -87,7 +94,7 @@ def measure(device: torch.device, preset_name: str, steps: int, warmup: int, dat
         real = Transitions(data.obs[idx], data.actions[idx], data.rewards[idx], data.next_obs[idx],
                            data.terminals[idx], torch.ones(data.size, device=device))
         fit = EnsembleTrainer(ctx, "T0", real, real, gen)
-        per_update = seconds_per_call(trainer_step(fit), device, max(1, steps // 4), 1) / fit.updates
+        per_update = seconds_per_call(trainer_step(ctx, fit), device, max(1, steps // 4), 1) / fit.updates
         updates_per_epoch = math.ceil(dataset_size / cfg.dynamics.batch_size)
         if cfg.dynamics.max_updates_per_epoch > 0:
             updates_per_epoch = min(updates_per_epoch, cfg.dynamics.max_updates_per_epoch)
@@ -111,7 +118,7 @@ def measure(device: torch.device, preset_name: str, steps: int, warmup: int, dat
                 "plausible": [True] * policy.num_seeds}
         base = torch.zeros(data.size, data.action_dim, device=device)
         bppo = BPPOTrainer(ctx, policy, 0, best, crit, data.normalize(data.obs), base, evaluate, gen)
-        per["D_bppo"] = seconds_per_call(trainer_step(bppo), device, steps, warmup)
+        per["D_bppo"] = seconds_per_call(trainer_step(ctx, bppo), device, steps, warmup)
         count["D_bppo"] = policy.num_seeds * cfg.improve.steps
 
         if online:
@@ -156,11 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--dataset_size", type=int, default=1_000_000)
     parser.add_argument("--no-online", dest="online", action="store_false", help="skip the phase-E rollout")
+    parser.add_argument("--amp", default="off", choices=["off", "bf16"], help="as uepo.train --amp")
+    parser.add_argument("--compile", action="store_true", help="as uepo.train --compile true")
+    parser.add_argument("--cuda_graph", action="store_true", help="as uepo.train --online.cuda_graph true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1) if args.device == "cpu" else None
     result = measure(torch.device(args.device), args.preset, args.steps, args.warmup, args.dataset_size,
-                     args.online)
+                     args.online, args.amp, args.compile, args.cuda_graph)
     print(f"{'phase part':22s} {'s/step':>10s} {'steps':>10s} {'projected':>12s}")
     for key, seconds in result["per_step_s"].items():
         print(f"{key:22s} {seconds:10.3g} {result['steps'][key]:10d} {result['projected_s'][key] / 60:10.1f} min")

@@ -47,5 +47,10 @@ EOF
 step "per-step time of every phase at paper sizes, and the paper preset projected"
 timeout 120 python3 -m benchmarks.phase_timing --device cuda --preset paper --steps 20 \
     --out "$out/phase_timing.json" 2>&1 | tee "$out/phase_timing.log"
+step "the same steps of A–D with --amp bf16, then with --compile true (the config fields, measured)"
+timeout 60 python3 -m benchmarks.phase_timing --device cuda --preset paper --steps 10 --no-online --amp bf16 \
+    --out "$out/phase_timing_bf16.json" 2>&1 | tee "$out/phase_timing_bf16.log"
+timeout 150 python3 -m benchmarks.phase_timing --device cuda --preset paper --steps 10 --no-online --compile \
+    --out "$out/phase_timing_compile.json" 2>&1 | tee "$out/phase_timing_compile.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
 step "done"

@@ -62,7 +62,12 @@ def test_a_sweep_of_two_runs_on_a_local_ray(tiny_hopper, tmp_path):
     assert "2 of 2 runs already finished (skipped), 0 to run" in second.stdout and " start " not in second.stdout
     assert [(job.run_dir / "summary.json").stat().st_mtime_ns for job in jobs] == stamps
 
-    tables = run(sweep_command("report", tmp_path, tiny_hopper))
+    kept = tmp_path / "kept"  # what docs/results/ keeps of a matrix
+    tables = run(sweep_command("report", tmp_path, tiny_hopper, "--collect", str(kept)))
+    for job in jobs:
+        copy = kept / tiny_hopper / f"{job.run_dir.name}-summary.json"
+        assert copy.read_bytes() == (job.run_dir / "summary.json").read_bytes()
+        assert (kept / tiny_hopper / f"{job.run_dir.name}-config.yaml").exists()
     assert f"### {tiny_hopper}" in tables.stdout and "| **selected (UEPO)** |" in tables.stdout
     assert f"| {statistics.mean(scores):.1f} ± {statistics.stdev(scores):.1f} |" in tables.stdout
     assert "table: " in tables.stderr and "table: " not in tables.stdout  # stdout stays the tables alone

@@ -151,6 +151,7 @@ class OnlineConfig:
     eval_every: int = f(10_000, "env steps between deterministic evaluations")
     eval_episodes: int = f(10, "episodes per evaluation")
     checkpoint_every: int = f(10_000, "env steps between resumable checkpoints")
+    cuda_graph: bool = f(False, "replay the acting step (sampler, head, draw) from a CUDA graph (--device cuda)")
 
 
 @dataclass
@@ -167,6 +168,8 @@ class Config:
     download: bool = f(False, "let Minari download a dataset that is not found locally")
     device: str = f("cpu", "torch device: cpu, cuda or cuda:N (every phase trains there; envs step on the CPU)")
     threads: int = f(1, "torch CPU threads")
+    amp: str = f("off", "off, or bf16: the training steps of phases A–C under bfloat16 autocast (for GPUs)")
+    compile: bool = f(False, "torch.compile the networks that phases A–C train (nn.Module.compile)")
     data: DataConfig = field(default_factory=DataConfig)
     critics: CriticConfig = field(default_factory=CriticConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -311,6 +314,11 @@ def validate(cfg: Config) -> None:
     if cfg.pretrain.sampler not in ("ddim", "ddpm"):
         raise ValueError(f"--sampler must be 'ddim' or 'ddpm', got {cfg.pretrain.sampler!r}")
     check_device(cfg.device)
+    if cfg.amp not in ("off", "bf16"):
+        raise ValueError(f"--amp must be off or bf16, got {cfg.amp!r}")
+    if cfg.online.cuda_graph and not cfg.device.startswith("cuda"):
+        raise ValueError("--online.cuda_graph needs --device cuda (CUDA graphs replay GPU work only); drop it "
+                         "on the CPU")
     if cfg.data.horizon < 3:
         raise ValueError("--horizon must be >= 3 (the divergence uses accelerations)")
     if cfg.pretrain.seed_temperature < 0:

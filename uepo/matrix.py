@@ -223,6 +223,19 @@ def write_json(jobs: list[Job], path: Path) -> None:
     path.write_text(json.dumps({"runs": records}, indent=1) + "\n")
 
 
+def collect(jobs: list[Job], dest: Path) -> int:
+    """Copy each finished run's summary.json and config.yaml to ``dest/<dataset>/<variant>-s<seed>-*``
+    (what docs/results/ keeps of a matrix); returns how many runs were copied."""
+    count = 0
+    for job in (j for j in jobs if j.finished()):
+        target = dest / job.dataset
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("summary.json", "config.yaml"):
+            (target / f"{job.run_dir.name}-{name}").write_bytes((job.run_dir / name).read_bytes())
+        count += 1
+    return count
+
+
 def targets_table(jobs: list[Job]) -> list[str]:
     """Issue 8's targets per dataset, main method against gaussian-ensemble, means over finished seeds."""
     def avg(values: list[float]) -> float | None:

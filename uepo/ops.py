@@ -161,6 +161,8 @@ def divergence(chunks: Tensor, mask: Tensor | None = None, eps: float = DIVERGEN
 
     ``mask`` (B, H), bool or 0/1 floats, marks valid chunk steps (padding past an episode's end).
     """
+    if chunks.dtype in (torch.bfloat16, torch.float16):  # from a network under autocast: the op is f32/f64
+        chunks = chunks.float()
     _check_chunks(chunks, mask)
     if not _use_compiled(chunks):
         return reference_divergence(chunks, mask, eps)

@@ -17,10 +17,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from uepo.config import Config, load_yaml, to_dict
+from uepo.config import Config, from_dict, load_yaml, to_dict
 from uepo.runs import Run
 
-TOP = ("dataset", "seed", "device", "threads")  # fields every phase depends on
+TOP = ("dataset", "seed", "device", "threads", "amp", "compile")  # fields every phase depends on
 AUGMENTATION_FIELDS = ("augmentation", "augment_ratio", "fresh_seed_prob", "disagreement_quantile",
                        "augment_weight", "augment_batch")
 
@@ -71,7 +71,8 @@ def reusable_phases(cfg: Config, source: Path, dataset_hash: str | None) -> list
                                 "directory of an earlier run")
     if dataset_hash is not None and _dataset_hash(source) not in (None, dataset_hash):
         return []  # same id, other content: nothing upstream is the same computation
-    saved, current = load_yaml(source / "config.yaml"), to_dict(cfg)
+    # a field the source run predates reads as its default (what that run computed with)
+    saved, current = to_dict(from_dict(load_yaml(source / "config.yaml"))), to_dict(cfg)
     matches = []
     for entry in REUSABLE:
         if (source / "checkpoints" / f"{entry.checkpoint}.pt").exists() and \

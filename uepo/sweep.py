@@ -23,11 +23,23 @@ import sys
 import time
 from pathlib import Path
 
-from uepo.matrix import VARIANTS, Job, aggregate, aggregate_table, report, run_job, write_csv, write_json, write_plot
+from uepo.matrix import (
+    VARIANTS,
+    Job,
+    aggregate,
+    aggregate_table,
+    collect,
+    report,
+    run_job,
+    write_csv,
+    write_json,
+    write_plot,
+)
 
 INSTALL_HINT = ('uepo.sweep runs on Ray, which is not installed: pip install "uepo[sweep]" '
                 "(in a checkout: pip install -c constraints.txt ray, the tested version)")
 FORWARDED_ENV = ("MINARI_DATASETS_PATH", "UEPO_BACKEND")  # so that cluster workers read what the driver reads
+START_ATTEMPTS = 3  # local Ray starts tried before giving up
 RESERVED = {"--dataset", "--preset", "--seed", "--phases", "--run_dir", "--resume", "--reuse_from", "--threads"}
 
 
@@ -54,9 +66,18 @@ def start_ray(ray, address: str | None, num_cpus: int) -> bool:
         return False
     if address:
         ray.init(address=address)
-    else:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local sweep has no reason to report usage
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)  # never a cluster left running here
+        return True
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local sweep has no reason to report usage
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)  # never a cluster left running
+            return True
+        except Exception as e:  # Ray gives its node 30 s to register; a busy machine can take longer
+            if "timed out during startup" not in str(e) or attempt == START_ATTEMPTS:
+                raise
+            log(f"Ray's local node did not start within Ray's 30 s (a busy machine): attempt {attempt + 1} "
+                f"of {START_ATTEMPTS}")
+            ray.shutdown()
     return True
 
 
@@ -164,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_parallel", "--workers", type=int, default=None, dest="max_parallel",
                         help="run: runs at a time at most (default: as many as the CPUs hold)")
     parser.add_argument("--json", type=Path, default=None, help="report: also write every run's record here")
+    parser.add_argument("--collect", type=Path, default=None,
+                        help="report: also copy every finished run's summary.json and config.yaml here")
     parser.add_argument("--csv", type=Path, default=None, help="the mean ± std table as CSV (default OUT/sweep.csv)")
     parser.add_argument("--plot", type=Path, default=None, help="its bar plot (default OUT/sweep.png)")
     parser.add_argument("--reuse_root", type=Path, default=None,
@@ -208,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         print(report(jobs))
         if args.json:
             write_json(jobs, args.json)
+        if args.collect:
+            print(f"copied {collect(jobs, args.collect)} runs' summary.json and config.yaml to {args.collect}",
+                  file=sys.stderr)
         write_aggregate(jobs, csv_path, plot_path, stream=sys.stderr)  # stdout stays the tables alone
         return 0
     code = run_matrix(jobs, args.max_parallel, address=args.address, gpus_per_run=args.gpus_per_run)

@@ -234,7 +234,7 @@ def run_online_phase(ctx: PhaseContext, done: list[str]) -> None:
                          "(--phases offline or all)")
     try:
         summary = run_online(run, cfg.online, offline, seed=cfg.seed, env=data.env_spec or offline["env_id"],
-                             progress=ctx.progress)
+                             progress=ctx.progress, device=ctx.device)
     except NonFiniteLossError as exc:
         run.update_summary(phases_run=done, error=str(exc))
         raise

@@ -34,7 +34,7 @@ from gymnasium.envs.registration import EnvSpec
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from uepo import envs, ops, tasks
+from uepo import envs, graphs, ops, tasks
 from uepo.config import OnlineConfig
 from uepo.nets import LOG_STD_MAX, LOG_STD_MIN, ValueNet
 from uepo.policy import MultiSeedPolicy
@@ -171,6 +171,8 @@ class OnlineAgent:
         self.lr_actor = cfg.lr_actor or tasks.family(robot).online_lr_actor  # 0: the robot family's
         self.opt_actor = torch.optim.Adam(self.actor_params, lr=self.lr_actor, eps=1e-5)
         self.opt_critic = torch.optim.Adam(self.value.parameters(), lr=cfg.lr_critic, eps=1e-5)
+        self.cuda_graph = cfg.cuda_graph
+        self._graphed: dict[int, Callable] = {}  # num_envs -> the captured acting step
 
     def base_with_grad(self, obs_history: Tensor) -> Tensor:
         """μ^{i*}_1 for raw (B, T_o, d_s) histories, differentiable in the backbone's weights."""
@@ -180,7 +182,7 @@ class OnlineAgent:
             return p.denoiser(cond)[0][:, self.selected]
 
         def eps_fn(x: Tensor, t: int, c: Tensor) -> Tensor:
-            return p.denoiser(x, torch.full((x.shape[0],), t, dtype=torch.long), c)
+            return p.denoiser(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), c)
 
         seeds = p.seeds
         chunks, _ = ops.multiseed_ddim(eps_fn, cond, seeds.noise, seeds.perturb, p.steps.timesteps,
@@ -216,11 +218,30 @@ class OnlineAgent:
 
         return draw
 
+    def acting_step(self, num_envs: int) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Raw histories (num_envs, T_o, d_s) on the policy's device -> (μ^{i*}_1, a, mean, scale): what one
+        env step computes. With ``cuda_graph`` it is replayed from a CUDA graph captured at the first call
+        (the head's and backbone's weights are read in place, so the updates are seen)."""
+        p = self.policy
+        base_of, draw = p.base_sampler(self.selected), self.action_sampler()
+
+        def step(hist: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            cond = p.normalize(hist)
+            base = base_of(cond.view(num_envs, -1))
+            return (base, *draw(cond[:, -1], base))
+
+        if not self.cuda_graph:
+            return step
+        if num_envs not in self._graphed:
+            example = torch.zeros(num_envs, p.history, p.obs_dim, device=p.obs_mean.device)
+            self._graphed[num_envs] = graphs.capture(step, example)
+        return self._graphed[num_envs]
+
     @torch.no_grad()
     def act(self, obs_history: np.ndarray) -> np.ndarray:
         """Deterministic action (the head's mean), for evaluation."""
-        hist = torch.as_tensor(obs_history, dtype=torch.float32)
-        return self.policy.act(hist, self.selected, deterministic=True).double().numpy()
+        hist = torch.as_tensor(obs_history, dtype=torch.float32, device=self.policy.obs_mean.device)
+        return self.policy.act(hist, self.selected, deterministic=True).double().cpu().numpy()
 
     def state(self) -> dict:
         return {"head": self.head.state_dict(), "value": self.value.state_dict(),
@@ -249,20 +270,19 @@ def _collect(agent: OnlineAgent, vec: Any, obs: np.ndarray, steps: int, cfg: Onl
     (GEMM blocking); the actions, states and log-probs are the same numbers.
     """
     n, p = vec.num_envs, agent.policy
-    hist = torch.empty(steps + 1, n, p.history, p.obs_dim)  # raw histories S_0 … S_T, float32
+    device = p.obs_mean.device  # the envs step on the CPU: one transfer in (the history), one out (the action)
+    hist = torch.empty(steps + 1, n, p.history, p.obs_dim)  # raw histories S_0 … S_T, float32, on the CPU
     hist[0] = torch.from_numpy(obs)
-    base_of, draw = p.base_sampler(agent.selected), agent.action_sampler()
     bases, actions, means, scales = [], [], [], []
     rewards = np.zeros((steps, n))
     terminated, truncated = np.zeros((steps, n), dtype=bool), np.zeros((steps, n), dtype=bool)
     finals: list[tuple[int, int, np.ndarray]] = []  # (t, env, final state) where an episode was truncated
     with torch.inference_mode():  # ~5 % of a step at B = 1 over no_grad; writes into `hist` are in place
+        act = agent.acting_step(n)
         for t in range(steps):
-            cond = p.normalize(hist[t])
-            base = base_of(cond.view(n, -1))
-            action, mean, scale = draw(cond[:, -1], base)
+            base, action, mean, scale = act(hist[t].to(device))
             bases.append(base), actions.append(action), means.append(mean), scales.append(scale)
-            env_action = np.clip(action.numpy(), -1.0, 1.0).astype(np.float64)
+            env_action = np.clip(action.cpu().numpy(), -1.0, 1.0).astype(np.float64)
             obs, rewards[t], terminated[t], truncated[t], info = vec.step(env_action)
             hist[t + 1] = torch.from_numpy(obs)
             ep_return += rewards[t]
@@ -276,11 +296,13 @@ def _collect(agent: OnlineAgent, vec: Any, obs: np.ndarray, steps: int, cfg: Onl
         values, next_values = _values(agent, hist, finals)
         action_t = torch.stack(actions)
         logp = gaussian_log_prob(action_t, torch.stack(means), torch.stack(scales))
+    hist = hist.to(device)
     return Rollout(hist=hist[:steps], obs=p.normalize(hist[:steps, :, -1]), base=torch.stack(bases),
                    actions=action_t, logp=logp, values=values,
-                   rewards=torch.as_tensor(rewards * cfg.reward_scale, dtype=torch.float32),
-                   next_values=next_values, terminated=torch.as_tensor(terminated, dtype=torch.float32),
-                   ended=torch.as_tensor(terminated | truncated, dtype=torch.float32)), obs
+                   rewards=torch.as_tensor(rewards * cfg.reward_scale, dtype=torch.float32, device=device),
+                   next_values=next_values,
+                   terminated=torch.as_tensor(terminated, dtype=torch.float32, device=device),
+                   ended=torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device)), obs
 
 
 def _values(agent: OnlineAgent, hist: Tensor, finals: list[tuple[int, int, np.ndarray]]) -> tuple[Tensor, Tensor]:
@@ -288,9 +310,10 @@ def _values(agent: OnlineAgent, hist: Tensor, finals: list[tuple[int, int, np.nd
     an episode was truncated at t, V(s_{t+1}) is V of its final state (same-step autoreset put the
     next episode's first state in s_{t+1})."""
     p = agent.policy
-    states = p.normalize(hist[:, :, -1]).flatten(0, 1)
+    device = p.obs_mean.device
+    states = p.normalize(hist[:, :, -1].to(device)).flatten(0, 1)
     if finals:
-        last = torch.as_tensor(np.stack([f for _, _, f in finals]), dtype=torch.float32)
+        last = torch.as_tensor(np.stack([f for _, _, f in finals]), dtype=torch.float32, device=device)
         states = torch.cat([states, p.normalize(last)])
     v = agent.value(states)
     all_v = v[:hist.shape[0] * hist.shape[1]].view(hist.shape[:2])
@@ -377,15 +400,19 @@ def run_online(
     env: str | EnvSpec | None = None,
     ref_scores: tuple[float, float] | None = None,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> dict:
     """PPO from the offline bundle (checkpoints/offline.pt: policy, selected, value, dataset,
-    env_id); resumes from checkpoints/online.pt when the run holds one. Returns the summary."""
+    env_id); resumes from checkpoints/online.pt when the run holds one. Returns the summary.
+
+    The networks, optimisers and rollout tensors live on ``device``; the envs step on the CPU, with
+    one transfer each way per step (the history in, the action out)."""
     env = env if env is not None else offline["env_id"]
     env_id = env if isinstance(env, str) else env.id
     ref = ref_scores or reference_scores(env_id, offline.get("dataset"))
-    policy = MultiSeedPolicy.from_state(offline["policy"])
+    policy = MultiSeedPolicy.from_state(offline["policy"]).to(device)
     selected = int(offline["selected"])
-    value = load_value(offline["value"], policy.obs_dim)
+    value = load_value(offline["value"], policy.obs_dim).to(device)
     if cfg.refit_value and cfg.reward_scale != 1.0:
         scale_value(value, cfg.reward_scale)
     robot = tasks.robot_name(env_id, (offline.get("dataset") or {}).get("dataset_id", ""))
@@ -489,7 +516,8 @@ def run_online(
                "score_start": history["score_start"], "score_final": history["last_score"],
                "score_best": history["best_score"] if history["last_score"] is not None else None,
                "ref_scores": list(ref), "lr_actor": agent.lr_actor,
-               "eval_episodes": cfg.eval_episodes, "num_envs": num_envs, "kernel_backend": ops.backend("cpu"),
+               "eval_episodes": cfg.eval_episodes, "num_envs": num_envs, "device": str(policy.obs_mean.device),
+               "kernel_backend": ops.backend(device),
                "rollout_steps_per_s": history["collect_steps"] / max(history["collect_s"], 1e-9)}
     checkpoint(True, summary)
     run.update_summary(online=summary)
@@ -499,8 +527,10 @@ def run_online(
 
 def _check_resumable(saved: dict, config: dict, selected: int) -> None:
     """Refuse a checkpoint made under another online config (the result would be neither run)."""
-    changed = {k: (saved["config"].get(k), v) for k, v in config.items()
-               if k not in ("env_steps", "eval_every", "checkpoint_every") and saved["config"].get(k) != v}
+    defaults = dataclasses.asdict(OnlineConfig())  # a field the checkpoint predates: it ran with the default
+    changed = {k: (saved["config"].get(k, defaults.get(k)), v) for k, v in config.items()
+               if k not in ("env_steps", "eval_every", "checkpoint_every")
+               and saved["config"].get(k, defaults.get(k)) != v}
     if changed or int(saved["selected"]) != selected:
         details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()) or "selected sub-policy"
         raise ValueError(f"checkpoints/online.pt was made with another online config ({details}); resume "

@@ -11,6 +11,8 @@ moment and run again continues to the bit-identical result on the CPU.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -78,6 +80,7 @@ def train(ctx: PhaseContext, trainer: Trainer) -> int:
     world.barrier()  # every rank sees the same checkpoints
     if trainer.data_parallel:
         average_gradients(world, *trainer.parallel_modules())
+    autocast = accelerate(ctx, trainer)
     done = 0
     saved = run.load_checkpoint(trainer.checkpoint)
     if saved is not None and trainer.resumes(saved):
@@ -87,7 +90,8 @@ def train(ctx: PhaseContext, trainer: Trainer) -> int:
     run.drop_metrics(trainer.phase, trainer.step_offset + done, trainer.key_prefix)
     bar = ctx.bar(trainer.label, trainer.total, done)
     while not trainer.finished(done):
-        losses = trainer.step(done)
+        with autocast():
+            losses = trainer.step(done)
         for name, value in losses.items():
             check_finite(value, trainer.phase, done, name)
         done += 1
@@ -103,3 +107,17 @@ def train(ctx: PhaseContext, trainer: Trainer) -> int:
                                                      "step": done})
     bar.close()
     return done
+
+
+def accelerate(ctx: PhaseContext, trainer: Trainer) -> Callable[[], contextlib.AbstractContextManager]:
+    """What ``--compile`` and ``--amp bf16`` do to the trainers of phases A–C (the data-parallel ones):
+    compile their networks in place (nn.Module.compile: the state_dict keys stay), and return the context
+    each step runs in (bfloat16 autocast: matmuls in bf16, weights, reductions and optimiser in float32)."""
+    if not trainer.data_parallel:
+        return contextlib.nullcontext
+    if ctx.cfg.compile:
+        for module in trainer.parallel_modules():
+            module.compile()
+    if ctx.cfg.amp == "off":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)

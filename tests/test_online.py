@@ -244,3 +244,38 @@ def test_unfrozen_backbone_trains_through_the_differentiable_chain(tmp_path):
     before = bundle["policy"]["state_dict"]
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("denoiser."))
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("heads.0."))
+
+
+def test_ppo_from_scratch_trains_a_fresh_policy_with_phase_e_code(tmp_path, tiny_hopper):
+    """The online peer (python -m uepo.baselines ppo-scratch): a fresh Gaussian policy, its backbone and head
+    trained by phase E's PPO, its curve scored as phase E's is; the fresh std is the one asked for."""
+    from uepo import baselines
+    from uepo.data import load_offline_data
+
+    data = load_offline_data(tiny_hopper)
+    bundle = baselines.scratch_bundle(data.obs_dim, data.action_dim, data.obs_mean, data.obs_std, data.env_id,
+                                      data.provenance, seed=0)
+    fresh = MultiSeedPolicy.from_state(bundle["policy"])
+    _, log_std = fresh.heads[0](torch.zeros(5, data.obs_dim), torch.zeros(5, data.action_dim))
+    np.testing.assert_allclose(log_std.exp().detach(), 0.6, rtol=0.05)
+    cfg = baselines.scratch_config(1024, num_envs=2, rollout_steps=256, eval_every=512, eval_episodes=1,
+                                   checkpoint_every=512)
+    summary = baselines.ppo_scratch(tiny_hopper, 0, tmp_path / "ppo", cfg, progress=False)
+    assert summary["env_steps"] == 1024 and np.isfinite(summary["score_final"])
+    trained = torch.load(tmp_path / "ppo" / "checkpoints" / "online.pt", weights_only=False)["agent"]
+    before = fresh.denoiser.state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in trained["backbone"].items())  # the whole policy learns
+    assert sorted({int(r[1]) for r in metric_rows(tmp_path / "ppo") if r[2] == "eval_score"}) == [0, 512, 1024]
+
+
+def test_value_warmup_trains_only_the_critic_first(tmp_path):
+    """online.value_warmup_steps: within it the actor is left as offline training made it, V learns."""
+    bundle = tiny_bundle()
+    cfg = tiny_config(env_steps=512, value_warmup_steps=512, eval_episodes=0)
+    run = Run(tmp_path / "run", tensorboard=False)
+    online.run_online(run, cfg, bundle, seed=0, progress=False)
+    run.close()
+    agent = torch.load(tmp_path / "run" / "checkpoints" / "online.pt", weights_only=False)["agent"]
+    head = {k[len("heads.1."):]: v for k, v in bundle["policy"]["state_dict"].items() if k.startswith("heads.1.")}
+    assert all(torch.equal(head[k], v) for k, v in agent["head"].items())
+    assert not all(torch.equal(bundle["value"]["state_dict"][k], v) for k, v in agent["value"].items())

@@ -11,13 +11,14 @@
 | ``amq-topk-online`` selection episode j | 1000·s + 200000 + j | disjoint from the evaluation's |
 | online env k's first reset | 1000·s + k | |
 | online evaluation episode j | 10⁶ + 1000·s + j | the same episodes at every evaluation: a less noisy curve |
+| a peer's fresh networks (``uepo.baselines``) | 1000·s + 7 | |
 
 The offsets keep the streams of runs with seeds 0…99 apart from each other.
 """
 
 from __future__ import annotations
 
-PHASE_OFFSETS = {"critics": 1, "pretrain": 2, "dynamics": 3, "improve": 4, "evaluate": 5, "online": 6}
+PHASE_OFFSETS = {"critics": 1, "pretrain": 2, "dynamics": 3, "improve": 4, "evaluate": 5, "online": 6, "peer": 7}
 AMQ_NOISE_SEED = 12345
 EVAL_OFFSET = 100_000
 SELECT_OFFSET = 200_000

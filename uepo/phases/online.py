@@ -324,7 +324,10 @@ def _values(agent: OnlineAgent, hist: Tensor, finals: list[tuple[int, int, np.nd
 
 
 def _update(agent: OnlineAgent, buf: Rollout, cfg: OnlineConfig, step: int) -> dict[str, float]:
-    """K epochs of minibatch PPO on one rollout; returns the mean diagnostics."""
+    """K epochs of minibatch PPO on one rollout; returns the mean diagnostics. While ``step`` (env steps
+    so far) is within ``cfg.value_warmup_steps`` only V learns: the actor waits for advantages of a
+    critic fitted to its own returns."""
+    warming = cfg.value_warmup_steps > 0 and step <= cfg.value_warmup_steps
     adv, returns = gae(buf.rewards, buf.values, buf.next_values, buf.terminated, buf.ended,
                        cfg.gamma, cfg.gae_lambda)
     flat = {f.name: getattr(buf, f.name).flatten(0, 1) for f in dataclasses.fields(buf)}
@@ -350,11 +353,13 @@ def _update(agent: OnlineAgent, buf: Rollout, cfg: OnlineConfig, step: int) -> d
                 check_finite(loss, PHASE, step, name)
             agent.opt_actor.zero_grad(set_to_none=True)
             agent.opt_critic.zero_grad(set_to_none=True)
-            (policy_loss - cfg.entropy * entropy + value_loss).backward()  # disjoint parameters
+            actor_loss = 0.0 if warming else policy_loss - cfg.entropy * entropy
+            (actor_loss + value_loss).backward()  # disjoint parameters
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(agent.actor_params, cfg.grad_clip)
                 nn.utils.clip_grad_norm_(agent.value.parameters(), cfg.grad_clip)
-            agent.opt_actor.step()
+            if not warming:
+                agent.opt_actor.step()
             agent.opt_critic.step()
             with torch.no_grad():
                 log_ratio = logp - flat["logp"][idx]

@@ -219,9 +219,9 @@ def test_resume_drops_rows_logged_after_the_checkpoint_and_a_torn_line(tmp_path)
         run.log("online", step, eval_score=float(step))
     with open(tmp_path / "metrics.csv", "a") as f:
         f.write("123.0,online,7")  # torn by the kill
-    online._drop_metrics_after(run, "online", 512)  # only the torn line goes
+    run.drop_metrics("online", 512)  # only the torn line goes
     assert [r[1] for r in metric_rows(tmp_path)] == ["5", "0", "256", "512"]
-    online._drop_metrics_after(run, "online", 256)
+    run.drop_metrics("online", 256)
     run.log("online", 512, eval_score=-1.0)
     run.close()
     rows = metric_rows(tmp_path)

@@ -162,10 +162,12 @@ class Run:
             return
         self._metrics_file.close()
         with open(self._metrics_path, newline="") as f:
-            rows = list(csv.reader(f))
-        kept = [rows[0]] + [r for r in rows[1:] if not (r[1] == phase and int(r[2]) > after_step
-                                                         and r[3].startswith(key_prefix))]
-        if len(kept) != len(rows):
+            text = f.read()
+        torn = bool(text) and not text.endswith("\n")  # a kill mid-write: the next row would join it
+        rows = list(csv.reader(io.StringIO(text[:text.rfind("\n") + 1] if torn else text)))
+        kept = rows[:1] + [r for r in rows[1:] if not (r[1] == phase and int(r[2]) > after_step
+                                                       and r[3].startswith(key_prefix))]
+        if torn or len(kept) != len(rows):
             buf = io.StringIO()
             csv.writer(buf).writerows(kept)
             atomic_write_text(self._metrics_path, buf.getvalue())

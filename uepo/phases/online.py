@@ -18,9 +18,7 @@ checkpoint are dropped on resume and logged again).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import time
 from collections.abc import Callable
@@ -32,13 +30,14 @@ import torch
 import torch.nn.functional as F
 from gymnasium.envs.registration import EnvSpec
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from uepo import envs, graphs, ops, tasks
-from uepo.config import OnlineConfig
+from uepo.config import Config, OnlineConfig
 from uepo.nets import LOG_STD_MAX, LOG_STD_MIN, ValueNet
+from uepo.phases import PhaseContext, snapshot
+from uepo.phases.runner import Trainer, train
 from uepo.policy import MultiSeedPolicy
-from uepo.runs import Run, capture_rng, check_finite, restore_rng, seed_everything
+from uepo.runs import Run, check_finite, seed_everything
 from uepo.tasks import normalized_score
 
 PHASE = "online"
@@ -377,24 +376,98 @@ def _update(agent: OnlineAgent, buf: Rollout, cfg: OnlineConfig, step: int) -> d
     return stats
 
 
-def _drop_metrics_after(run: Run, phase: str, step: int) -> None:
-    """Cut metrics.csv before the first ``phase`` row past ``step`` (rows a killed run logged after
-    its last checkpoint; the resumed run logs them again) or a torn last line. In place, so that
-    Run's append handle stays valid."""
-    path = run.dir / "metrics.csv"
-    if not path.exists():
-        return
-    with open(path, "r+", newline="") as f:
-        text = f.read()
-        offset = 0
-        for line in io.StringIO(text, newline=""):
-            row = next(csv.reader([line]), [])
-            torn = not line.endswith("\n")  # the kill hit mid-write: the next append would join it
-            if torn or (len(row) == 5 and row[1] == phase and row[2].isdigit() and int(row[2]) > step):
-                f.seek(offset)
-                f.truncate()
-                return
-            offset += len(line.encode())
+class PPOTrainer(Trainer):
+    """Phase E as the loop (uepo.phases.runner) sees it: one step = one rollout of ``rollout_steps`` env
+    steps and its PPO update, logged at its env-step count, with an evaluation every ``eval_every`` env
+    steps; a progress checkpoint (checkpoints/online.pt, read by evaluate and load_policy too) every
+    ``checkpoint_every``. Its state holds the networks, optimisers, counters, the current observations and
+    the exact physics/RNG state of every env; the loop adds the global RNGs."""
+
+    data_parallel = False  # rank 0 alone runs phase E
+
+    def __init__(self, run: Run, cfg: OnlineConfig, agent: OnlineAgent, vec: Any, obs: np.ndarray, bundle: dict,
+                 evaluation: Callable[[], dict[str, float]], ref: tuple[float, float]):
+        self.run, self.cfg, self.agent, self.vec, self.obs, self.ref = run, cfg, agent, vec, obs, ref
+        self.bundle, self.evaluation = bundle, evaluation  # bundle: offline.pt's entries that online.pt repeats
+        self.phase, self.checkpoint, self.label = PHASE, CHECKPOINT, "E online PPO"
+        self.steps_per_env = cfg.rollout_steps // vec.num_envs
+        self.per_rollout = self.steps_per_env * vec.num_envs
+        self.total = math.ceil(cfg.env_steps / self.per_rollout)
+        self.generator = torch.Generator()  # unused: PPO draws from the global RNGs, which the loop saves
+        self.config = dataclasses.asdict(cfg)
+        self.counters = {"env_steps": 0, "updates": 0, "next_eval": cfg.eval_every,
+                         "next_checkpoint": cfg.checkpoint_every}
+        self.history: dict[str, Any] = {"score_start": None, "best_score": -math.inf, "last_score": None,
+                                        "collect_s": 0.0, "collect_steps": 0}
+        self.ep_return, self.ep_length = np.zeros(vec.num_envs), np.zeros(vec.num_envs, dtype=np.int64)
+        self.stats: dict[str, float] = {}
+
+    def metric_step(self, done: int) -> int:
+        return done * self.per_rollout
+
+    def step(self, step: int) -> dict[str, float]:
+        start = time.perf_counter()
+        finished: list[tuple[float, int]] = []
+        buf, self.obs = _collect(self.agent, self.vec, self.obs, self.steps_per_env, self.cfg, self.ep_return,
+                                 self.ep_length, finished)
+        counters, history = self.counters, self.history
+        counters["env_steps"] += self.per_rollout
+        elapsed = time.perf_counter() - start
+        history["collect_s"] += elapsed
+        history["collect_steps"] += self.per_rollout
+        stats = _update(self.agent, buf, self.cfg, counters["env_steps"])
+        counters["updates"] += 1
+        if finished:
+            rets = np.array([r for r, _ in finished])
+            stats.update(episode_return=float(rets.mean()),
+                         episode_score=float(normalized_score(rets, self.ref).mean()),
+                         episode_length=float(np.mean([n for _, n in finished])))
+        self.stats = {**stats, "env_steps_per_s": self.per_rollout / elapsed}
+        return {"policy_loss": stats["policy_loss"], "value_loss": stats["value_loss"]}
+
+    def metrics(self, losses: dict[str, float]) -> dict[str, float]:
+        """The update's diagnostics, and the evaluation's when one is due (every ``eval_every``, and at the end)."""
+        row, counters = dict(self.stats), self.counters
+        if counters["env_steps"] >= counters["next_eval"] or counters["env_steps"] >= self.cfg.env_steps:
+            row.update(self.evaluation())
+            while counters["next_eval"] <= counters["env_steps"]:
+                counters["next_eval"] += self.cfg.eval_every
+        return row
+
+    def postfix(self, row: dict[str, float]) -> dict[str, str]:
+        last = self.history["last_score"]
+        return {"score": "n/a" if last is None else f"{last:.1f}", "ret": f"{row.get('episode_return', math.nan):.0f}"}
+
+    def should_checkpoint(self, done: int) -> bool:
+        counters = self.counters
+        if self.finished(done) or counters["env_steps"] < counters["next_checkpoint"]:
+            return False
+        while counters["next_checkpoint"] <= counters["env_steps"]:
+            counters["next_checkpoint"] += self.cfg.checkpoint_every
+        return True
+
+    def resumes(self, state: dict) -> bool:
+        _check_resumable(state, self.config, int(self.bundle["selected"]))
+        # a checkpoint of the version before the runner: its rollout count and an unused generator
+        state.setdefault("step", state["counters"]["env_steps"] // self.per_rollout)
+        state.setdefault("generator", self.generator.get_state())
+        return True
+
+    def state_dict(self, done: bool = False, summary: dict | None = None) -> dict:
+        agent = self.agent
+        return {**self.bundle, "policy": agent.policy.state(),
+                "value": {"state_dict": agent.value.state_dict(), "config": {"obs_dim": agent.policy.obs_dim}},
+                "agent": agent.state(), "counters": self.counters, "history": self.history, "config": self.config,
+                "env_state": envs.capture_env_state(self.vec), "obs": torch.as_tensor(self.obs),
+                "ep_return": torch.as_tensor(self.ep_return), "ep_length": torch.as_tensor(self.ep_length),
+                "done": done, "summary": summary}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.agent.load(state["agent"])
+        self.counters, self.history = dict(state["counters"]), dict(state["history"])
+        envs.restore_env_state(self.vec, state["env_state"])
+        self.obs = state["obs"].numpy().copy()
+        self.ep_return, self.ep_length = state["ep_return"].numpy().copy(), state["ep_length"].numpy().copy()
 
 
 def run_online(
@@ -411,7 +484,9 @@ def run_online(
     env_id); resumes from checkpoints/online.pt when the run holds one. Returns the summary.
 
     The networks, optimisers and rollout tensors live on ``device``; the envs step on the CPU, with
-    one transfer each way per step (the history in, the action out)."""
+    one transfer each way per step (the history in, the action out). The loop, its progress bar,
+    metrics rows, checkpoints and resume are uepo.phases.runner's; a run killed at any moment and
+    resumed on the CPU continues exactly as the uninterrupted run would have."""
     env = env if env is not None else offline["env_id"]
     env_id = env if isinstance(env, str) else env.id
     ref = ref_scores or reference_scores(env_id, offline.get("dataset"))
@@ -422,111 +497,55 @@ def run_online(
         scale_value(value, cfg.reward_scale)
     robot = tasks.robot_name(env_id, (offline.get("dataset") or {}).get("dataset_id", ""))
     agent = OnlineAgent(policy, selected, value, cfg, robot)
-
-    num_envs = cfg.num_envs
-    steps_per_env = cfg.rollout_steps // num_envs
-    if steps_per_env < 1:
+    if cfg.rollout_steps < cfg.num_envs:
         raise ValueError(f"online.rollout_steps ({cfg.rollout_steps}) must be >= online.num_envs "
-                         f"({num_envs})")
-    per_rollout = steps_per_env * num_envs
-    vec = envs.make_vector_env(env, num_envs, policy.history)
-    obs, _ = vec.reset(seed=[seed * 1000 + j for j in range(num_envs)])
+                         f"({cfg.num_envs})")
+    saved = run.load_checkpoint(CHECKPOINT)
+    if saved is not None and saved.get("done") and saved["counters"]["env_steps"] >= cfg.env_steps:
+        _check_resumable(saved, dataclasses.asdict(cfg), selected)
+        return saved["summary"]
+    vec = envs.make_vector_env(env, cfg.num_envs, policy.history)
+    obs, _ = vec.reset(seed=[seed * 1000 + j for j in range(cfg.num_envs)])
     envs.capture_env_state(vec)  # fail now, not at the first checkpoint, if the env cannot be saved
     eval_seed = 1_000_000 + seed * 1000  # the same eval episodes every time: a less noisy curve
-    config_dict = dataclasses.asdict(cfg)
+    bundle = {"selected": selected, "dataset": offline.get("dataset"), "env_id": env_id}
 
-    counters = {"env_steps": 0, "updates": 0, "next_eval": 0, "next_checkpoint": cfg.checkpoint_every}
-    ep_return, ep_length = np.zeros(num_envs), np.zeros(num_envs, dtype=np.int64)
-    history: dict[str, Any] = {"score_start": None, "best_score": -math.inf, "last_score": None,
-                               "collect_s": 0.0, "collect_steps": 0}
-    saved = run.load_checkpoint(CHECKPOINT)
-    if saved is not None:
-        _check_resumable(saved, config_dict, selected)
-        agent.load(saved["agent"])
-        counters, history = dict(saved["counters"]), dict(saved["history"])
-        envs.restore_env_state(vec, saved["env_state"])
-        obs = saved["obs"].numpy().copy()
-        ep_return, ep_length = saved["ep_return"].numpy().copy(), saved["ep_length"].numpy().copy()
-        restore_rng(saved["rng"])
-        _drop_metrics_after(run, PHASE, counters["env_steps"])
-        if saved.get("done") and counters["env_steps"] >= cfg.env_steps:
-            vec.close()
-            return saved["summary"]
-    else:
-        seed_everything(seed * 1000 + ONLINE_SEED_OFFSET)
-        _drop_metrics_after(run, PHASE, -1)  # rows of a run killed before its first checkpoint
-
-    def evaluate() -> None:
+    def evaluation() -> dict[str, float]:
         if cfg.eval_episodes <= 0:  # evaluation switched off: the curve has training episodes only
-            return
+            return {}
         returns, lengths = envs.run_episodes(agent.act, env, cfg.eval_episodes, eval_seed, policy.history)
         score = float(np.mean(normalized_score(returns, ref)))
-        run.log(PHASE, counters["env_steps"], eval_return=float(returns.mean()), eval_score=score,
-                eval_return_std=float(returns.std()), eval_length=float(lengths.mean()))
-        history["last_score"] = score
-        history["best_score"] = max(history["best_score"], score)
+        history = trainer.history
+        history["last_score"], history["best_score"] = score, max(history["best_score"], score)
         if history["score_start"] is None:
             history["score_start"] = score
+        return {"eval_return": float(returns.mean()), "eval_score": score, "eval_return_std": float(returns.std()),
+                "eval_length": float(lengths.mean())}
 
-    def checkpoint(done: bool, summary: dict | None = None) -> None:
-        run.save_checkpoint(CHECKPOINT, {
-            "policy": policy.state(), "selected": selected,
-            "value": {"state_dict": value.state_dict(), "config": {"obs_dim": policy.obs_dim}},
-            "dataset": offline.get("dataset"), "env_id": env_id,
-            "agent": agent.state(), "counters": counters, "history": history, "config": config_dict,
-            "rng": capture_rng(), "env_state": envs.capture_env_state(vec),
-            "obs": torch.as_tensor(obs), "ep_return": torch.as_tensor(ep_return),
-            "ep_length": torch.as_tensor(ep_length), "done": done, "summary": summary,
-        })
-
-    bar = tqdm(total=cfg.env_steps, initial=counters["env_steps"], desc="online PPO", unit="step",
-               disable=not progress, dynamic_ncols=True)
-    with run.timer(PHASE):
-        if counters["env_steps"] >= counters["next_eval"]:
-            evaluate()
-            counters["next_eval"] += cfg.eval_every
-        while counters["env_steps"] < cfg.env_steps:
-            start = time.perf_counter()
-            finished: list[tuple[float, int]] = []
-            buf, obs = _collect(agent, vec, obs, steps_per_env, cfg, ep_return, ep_length, finished)
-            counters["env_steps"] += per_rollout
-            elapsed = time.perf_counter() - start
-            sps = per_rollout / elapsed
-            history["collect_s"] = history.get("collect_s", 0.0) + elapsed
-            history["collect_steps"] = history.get("collect_steps", 0) + per_rollout
-            stats = _update(agent, buf, cfg, counters["env_steps"])
-            counters["updates"] += 1
-            if finished:
-                rets = np.array([r for r, _ in finished])
-                stats.update(episode_return=float(rets.mean()),
-                             episode_score=float(normalized_score(rets, ref).mean()),
-                             episode_length=float(np.mean([n for _, n in finished])))
-            run.log(PHASE, counters["env_steps"], **stats)
-            run.log(PHASE, counters["env_steps"], env_steps_per_s=sps)
-            done = counters["env_steps"] >= cfg.env_steps
-            if counters["env_steps"] >= counters["next_eval"] or done:
-                evaluate()
-                while counters["next_eval"] <= counters["env_steps"]:
-                    counters["next_eval"] += cfg.eval_every
-            bar.update(per_rollout)
-            last = history["last_score"]
-            bar.set_postfix(score="n/a" if last is None else f"{last:.1f}",
-                            ret=f"{stats.get('episode_return', float('nan')):.0f}")
-            if counters["env_steps"] >= counters["next_checkpoint"] and not done:
-                while counters["next_checkpoint"] <= counters["env_steps"]:
-                    counters["next_checkpoint"] += cfg.checkpoint_every
-                checkpoint(False)
-    bar.close()
-    summary = {"env_id": env_id, "selected": selected, "env_steps": counters["env_steps"],
-               "score_start": history["score_start"], "score_final": history["last_score"],
-               "score_best": history["best_score"] if history["last_score"] is not None else None,
-               "ref_scores": list(ref), "lr_actor": agent.lr_actor,
-               "eval_episodes": cfg.eval_episodes, "num_envs": num_envs, "device": str(policy.obs_mean.device),
-               "kernel_backend": ops.backend(device),
-               "rollout_steps_per_s": history["collect_steps"] / max(history["collect_s"], 1e-9)}
-    checkpoint(True, summary)
-    run.update_summary(online=summary)
-    vec.close()
+    trainer = PPOTrainer(run, cfg, agent, vec, obs, bundle, evaluation, ref)
+    ctx = PhaseContext(run, Config(seed=seed, device=str(device), online=cfg), None, torch.device(device), progress)
+    try:
+        with run.timer(PHASE):
+            if saved is None:  # a fresh start: its own seed, and the evaluation before any update
+                seed_everything(seed * 1000 + ONLINE_SEED_OFFSET)
+                run.drop_metrics(PHASE)  # rows of a run killed before its first checkpoint
+                first = evaluation()
+                if first:
+                    run.log(PHASE, 0, **first)
+            done = train(ctx, trainer)
+        history = trainer.history
+        summary = {"env_id": env_id, "selected": selected, "env_steps": trainer.counters["env_steps"],
+                   "score_start": history["score_start"], "score_final": history["last_score"],
+                   "score_best": history["best_score"] if history["last_score"] is not None else None,
+                   "ref_scores": list(ref), "lr_actor": agent.lr_actor, "eval_episodes": cfg.eval_episodes,
+                   "num_envs": cfg.num_envs, "device": str(policy.obs_mean.device),
+                   "kernel_backend": ops.backend(device),
+                   "rollout_steps_per_s": history["collect_steps"] / max(history["collect_s"], 1e-9)}
+        run.save_checkpoint(CHECKPOINT, {**trainer.state_dict(True, summary), **snapshot(trainer.generator),
+                                         "step": done})
+        run.update_summary(online=summary)
+    finally:
+        vec.close()
     return summary
 
 

@@ -64,6 +64,10 @@ class Trainer:
         """Whether a progress checkpoint found on disk is this trainer's (else it starts fresh)."""
         return True
 
+    def metric_step(self, done: int) -> int:
+        """metrics.csv's step column after ``done`` steps."""
+        return self.step_offset + done
+
     def finished(self, done: int) -> bool:
         return done >= self.total
 
@@ -87,7 +91,7 @@ def train(ctx: PhaseContext, trainer: Trainer) -> int:
         trainer.load_state_dict(saved)
         restore(saved, trainer.generator)
         done = saved["step"] if "step" in saved else saved["epoch"]  # dynamics checkpoints of v1 say epoch
-    run.drop_metrics(trainer.phase, trainer.step_offset + done, trainer.key_prefix)
+    run.drop_metrics(trainer.phase, trainer.metric_step(done), trainer.key_prefix)
     bar = ctx.bar(trainer.label, trainer.total, done)
     while not trainer.finished(done):
         with autocast():
@@ -100,7 +104,7 @@ def train(ctx: PhaseContext, trainer: Trainer) -> int:
             row = trainer.metrics(losses)
             if trainer.data_parallel:
                 row = world.mean(row, ctx.device)
-            run.log(trainer.phase, trainer.step_offset + done, **row)
+            run.log(trainer.phase, trainer.metric_step(done), **row)
             bar.set_postfix(trainer.postfix(row))
         if trainer.should_checkpoint(done):
             run.save_checkpoint(trainer.checkpoint, {**trainer.state_dict(), **snapshot(trainer.generator),

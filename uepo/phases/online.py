@@ -7,7 +7,8 @@ The actor is sub-policy i*: its residual Gaussian head φ_{i*} around the diffus
 starts from IQL's V_τ. Rewards are scaled by ``reward_scale``; V_τ is rescaled by the same factor
 (the value of scaled rewards is the scaled value), which is the refit in closed form.
 
-Truncated episodes are bootstrapped with V(final state), terminated ones are not.
+Truncated episodes are bootstrapped with V(final state), terminated ones are not. PPO's losses, GAE
+and the rollout buffer are uepo.phases.ppo; the loop is uepo.phases.runner's (``PPOTrainer``).
 
 Resumable: a checkpoint is written at rollout boundaries (every ``checkpoint_every`` env steps and
 at the end). It holds the networks, optimisers, RNG states, counters, the current observations and
@@ -22,7 +23,6 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from uepo import envs, graphs, ops, tasks
 from uepo.config import Config, OnlineConfig
 from uepo.nets import LOG_STD_MAX, LOG_STD_MIN, ValueNet
 from uepo.phases import PhaseContext, snapshot
+from uepo.phases.ppo import Rollout, clipped_policy_loss, clipped_value_loss, gae, gaussian_log_prob
 from uepo.phases.runner import Trainer, train
 from uepo.policy import MultiSeedPolicy
 from uepo.runs import Run, check_finite, seed_everything
@@ -45,7 +46,6 @@ CHECKPOINT = "online"
 # A fresh start seeds python/numpy/torch with seed·1000 + this (uepo.phases.PHASE_SEED_OFFSETS
 # gives A–D and evaluation 1–5), so phase E does not depend on what ran before it.
 ONLINE_SEED_OFFSET = 6
-HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))  # as torch.distributions.Normal.log_prob writes it
 
 
 def reference_scores(env_id: str, dataset_info: dict | None = None) -> tuple[float, float]:
@@ -56,73 +56,6 @@ def reference_scores(env_id: str, dataset_info: dict | None = None) -> tuple[flo
         raise ValueError(f"no reference returns for env {env_id!r}: the dataset's metadata has none and "
                          "it is not a D4RL robot; pass ref_scores=(min, max)")
     return ref
-
-
-# ---------------------------------------------------------------------------------------------
-# PPO math
-# ---------------------------------------------------------------------------------------------
-
-
-def gae(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, ended: Tensor,
-        gamma: float, lam: float) -> tuple[Tensor, Tensor]:
-    """Generalised advantage estimation over a (T, N) rollout.
-
-    ``next_values[t]`` is V of the state that followed step t (the episode's final state when it
-    ended at t). δ_t = r_t + γ (1 − terminated_t) V(s'_t) − V(s_t): a truncated episode is
-    bootstrapped, a terminated one is not; the recursion A_t = δ_t + γλ A_{t+1} stops where any
-    episode ended (``ended`` = terminated or truncated). Returns advantages and value targets.
-    """
-    not_term, not_end = 1.0 - terminated.to(rewards.dtype), 1.0 - ended.to(rewards.dtype)
-    deltas = rewards + gamma * not_term * next_values - values
-    adv = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[0])
-    for t in reversed(range(rewards.shape[0])):
-        running = deltas[t] + gamma * lam * not_end[t] * running
-        adv[t] = running
-    return adv, adv + values
-
-
-def gaussian_log_prob(action: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
-    """log N(a; mean, diag scale²) summed over the last dim, as torch.distributions.Normal.log_prob
-    writes it (the same numbers, elementwise, at any batch shape)."""
-    return (-((action - mean) ** 2) / (2 * scale**2) - scale.log() - HALF_LOG_2PI).sum(-1)
-
-
-def clipped_policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, clip: float) -> tuple[Tensor, Tensor]:
-    """PPO's clipped surrogate, to minimise: mean max(−A r, −A clip(r, 1±ε)); also the clip fraction."""
-    ratio = (logp - old_logp).exp()
-    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
-    return loss, ((ratio - 1).abs() > clip).float().mean()
-
-
-def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float) -> Tensor:
-    """½ mean max((V − R)², (V_old + clip(V − V_old, ±c) − R)²); plain ½ MSE when clip ≤ 0."""
-    if clip <= 0:
-        return 0.5 * ((values - returns) ** 2).mean()
-    clipped = old_values + (values - old_values).clamp(-clip, clip)
-    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2).mean()
-
-
-# ---------------------------------------------------------------------------------------------
-# Rollout buffer
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Rollout:
-    """(T, N, ...) tensors of one rollout; obs are normalised last states, base μ^{i*}_1 as acted,
-    hist the raw state histories (to recompute μ^{i*}_1 when the backbone trains)."""
-
-    hist: Tensor
-    obs: Tensor
-    base: Tensor
-    actions: Tensor
-    logp: Tensor
-    values: Tensor
-    rewards: Tensor
-    next_values: Tensor
-    terminated: Tensor
-    ended: Tensor
 
 
 # ---------------------------------------------------------------------------------------------

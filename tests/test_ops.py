@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -485,3 +486,28 @@ def test_cuda_mismatched_devices_raise():
     with pytest.raises(RuntimeError, match="device"):
         torch.ops.uepo.multiseed_sample(cond.cuda(), bank.noise, bank.perturb, net.kernel_weights(),
                                         list(sched.timesteps), list(sched.alpha_bars), 4, 0.1, 1.0, 1e-4, False)
+
+
+@compiled
+@pytest.mark.parametrize("gemm", ["tiles", "blas"])
+def test_both_cpu_gemm_paths_match_the_reference(gemm):
+    """The CPU sampler's GEMMs run in register tiles with AVX-512 and in the BLAS elsewhere (csrc/cpu/sampler.cpp);
+    the path is fixed at load, so each is checked in a process of its own (UEPO_CPU_GEMM forces it)."""
+    script = textwrap.dedent("""
+        import sys, torch
+        sys.path.insert(0, sys.argv[1])
+        from test_ops import make_problem, sample_both, tau_between_divergences
+        cases = [(13, 4, 8, 3, torch.float32), (1, 2, 11, 7, torch.float64), (40, 7, 3, 1, torch.float32)]
+        for B, n, H, D, dtype in cases:
+            net, sched, bank, cond = make_problem(B, n, H, D, dtype)
+            tau = tau_between_divergences(net, sched, bank, cond)
+            (fused, fdiv), (ref, rdiv) = sample_both(net, sched, bank, cond, 0.1, tau)
+            tol = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-3, atol=2e-4)
+            torch.testing.assert_close(fused, ref, **tol)
+            torch.testing.assert_close(fdiv, rdiv, **tol)
+        print("ok")
+    """)
+    env = dict(os.environ, UEPO_CPU_GEMM=gemm, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "uepo/cpu_simd.h"
@@ -37,9 +39,51 @@ void init_rows_cpu(at::Tensor& h, const at::Tensor& state_proj, const at::Tensor
   });
 }
 
+}  // namespace
+
+// The register-tiled GEMM keeps 16 accumulators of 512 bits in registers: with AVX-512 (32 zmm) it
+// runs at the BLAS rate, but on a 256-bit machine each accumulator takes two of 16 ymm registers
+// and the tile spills (measured on an AVX2 EPYC: 6x slower than the PyTorch reference at B = 32).
+// There the GEMM goes to the BLAS torch was built with and only the epilogue (Mish) stays ours.
+// UEPO_CPU_GEMM=tiles|blas forces either path (tests).
+bool cpu_gemm_uses_blas() {
+  static const bool blas = [] {
+    const char* forced = std::getenv("UEPO_CPU_GEMM");
+    if (forced != nullptr && std::strcmp(forced, "tiles") == 0) return false;
+    if (forced != nullptr && std::strcmp(forced, "blas") == 0) return true;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return !__builtin_cpu_supports("avx512f");
+#else
+    return true;
+#endif
+  }();
+  return blas;
+}
+
+namespace {
+
 void linear_cpu(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, at::Tensor& y,
                 bool accumulate, bool mish) {
   const int64_t M = x.size(0), K = x.size(1), N = wt.size(1);
+  if (cpu_gemm_uses_blas()) {  // y = (accumulate ? y : 0) + bias + x @ wt, then Mish
+    if (!accumulate) {
+      bias.defined() ? y.copy_(bias.expand_as(y)) : y.zero_();
+    } else if (bias.defined()) {
+      y.add_(bias);
+    }
+    y.addmm_(x, wt);
+    if (mish) {
+      AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "uepo_mish_cpu", [&] {
+        auto* yp = y.data_ptr<scalar_t>();
+        const int64_t ldy = y.stride(0);
+        at::parallel_for(0, M, kRowGrain, [&](int64_t r0, int64_t r1) {
+          cpu::mish_rows(yp + r0 * ldy, r1 - r0, N, ldy);
+        });
+      });
+    }
+    return;
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "uepo_linear_cpu", [&] {
     const auto* xp = x.data_ptr<scalar_t>();
     const auto* wp = wt.data_ptr<scalar_t>();

@@ -384,7 +384,9 @@ def write_plot(rows: list[dict], path: Path) -> None:
         ax.bar(xs, [r["selected_mean"] for _, r in cells], width, yerr=stds, capsize=3, label=variant)
     ax.set_xticks(range(len(datasets)), datasets, rotation=10)
     ax.set_ylabel("selected policy's score (normalised ×100)")
-    ax.set_title("mean ± std over seeds")
+    seeds = sorted({r["seeds"] for r in rows})
+    count = f"{seeds[0]} seed{'s' * (seeds[0] > 1)}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds"
+    ax.set_title(f"mean ± std over seeds ({count} per bar)" if count != "1 seed" else "one seed per bar: no spread")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from gymnasium.envs.registration import EnvSpec
 from torch import Tensor, nn
 
-from uepo import envs, graphs, ops, tasks
+from uepo import envs, graphs, ops, seeds, tasks
 from uepo.config import Config, OnlineConfig
 from uepo.nets import LOG_STD_MAX, LOG_STD_MIN, ValueNet
 from uepo.phases import PhaseContext, snapshot
@@ -43,9 +43,6 @@ from uepo.tasks import normalized_score
 
 PHASE = "online"
 CHECKPOINT = "online"
-# A fresh start seeds python/numpy/torch with seed·1000 + this (uepo.phases.PHASE_SEED_OFFSETS
-# gives A–D and evaluation 1–5), so phase E does not depend on what ran before it.
-ONLINE_SEED_OFFSET = 6
 
 
 def reference_scores(env_id: str, dataset_info: dict | None = None) -> tuple[float, float]:
@@ -116,8 +113,8 @@ class OnlineAgent:
         def eps_fn(x: Tensor, t: int, c: Tensor) -> Tensor:
             return p.denoiser(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), c)
 
-        seeds = p.seeds
-        chunks, _ = ops.multiseed_ddim(eps_fn, cond, seeds.noise, seeds.perturb, p.steps.timesteps,
+        bank = p.seeds
+        chunks, _ = ops.multiseed_ddim(eps_fn, cond, bank.noise, bank.perturb, p.steps.timesteps,
                                        p.steps.alpha_bars, p.eta, p.tau, divergence_fn=ops.divergence)
         return chunks[:, self.selected, 0]
 
@@ -318,9 +315,9 @@ class PPOTrainer(Trainer):
 
     data_parallel = False  # rank 0 alone runs phase E
 
-    def __init__(self, run: Run, cfg: OnlineConfig, agent: OnlineAgent, vec: Any, obs: np.ndarray, bundle: dict,
+    def __init__(self, cfg: OnlineConfig, agent: OnlineAgent, vec: Any, obs: np.ndarray, bundle: dict,
                  evaluation: Callable[[], dict[str, float]], ref: tuple[float, float]):
-        self.run, self.cfg, self.agent, self.vec, self.obs, self.ref = run, cfg, agent, vec, obs, ref
+        self.cfg, self.agent, self.vec, self.obs, self.ref = cfg, agent, vec, obs, ref
         self.bundle, self.evaluation = bundle, evaluation  # bundle: offline.pt's entries that online.pt repeats
         self.phase, self.checkpoint, self.label = PHASE, CHECKPOINT, "E online PPO"
         self.steps_per_env = cfg.rollout_steps // vec.num_envs
@@ -438,9 +435,9 @@ def run_online(
         _check_resumable(saved, dataclasses.asdict(cfg), selected)
         return saved["summary"]
     vec = envs.make_vector_env(env, cfg.num_envs, policy.history)
-    obs, _ = vec.reset(seed=[seed * 1000 + j for j in range(cfg.num_envs)])
+    obs, _ = vec.reset(seed=seeds.online_env_seeds(seed, cfg.num_envs))
     envs.capture_env_state(vec)  # fail now, not at the first checkpoint, if the env cannot be saved
-    eval_seed = 1_000_000 + seed * 1000  # the same eval episodes every time: a less noisy curve
+    eval_seed = seeds.online_eval_seed(seed)  # the same eval episodes every time: a less noisy curve
     bundle = {"selected": selected, "dataset": offline.get("dataset"), "env_id": env_id}
 
     def evaluation() -> dict[str, float]:
@@ -455,12 +452,12 @@ def run_online(
         return {"eval_return": float(returns.mean()), "eval_score": score, "eval_return_std": float(returns.std()),
                 "eval_length": float(lengths.mean())}
 
-    trainer = PPOTrainer(run, cfg, agent, vec, obs, bundle, evaluation, ref)
+    trainer = PPOTrainer(cfg, agent, vec, obs, bundle, evaluation, ref)
     ctx = PhaseContext(run, Config(seed=seed, device=str(device), online=cfg), None, torch.device(device), progress)
     try:
         with run.timer(PHASE):
             if saved is None:  # a fresh start: its own seed, and the evaluation before any update
-                seed_everything(seed * 1000 + ONLINE_SEED_OFFSET)
+                seed_everything(seeds.phase_seed(seed, PHASE))
                 run.drop_metrics(PHASE)  # rows of a run killed before its first checkpoint
                 first = evaluation()
                 if first:

@@ -1,6 +1,10 @@
-"""Peers of the online phase, run with phase E's own PPO code, envs and evaluation (issue 10).
+"""Peers of the online phase, scored with phase E's envs, evaluation seeds and normaliser (issue 10).
 
     python -m uepo.baselines ppo-scratch --dataset local/hopper/medium-v0 --seed 0 --run_dir runs/peers/ppo-s0
+    python -m uepo.baselines iql-online --from_run runs/hopper-m-s0 --seed 0 --run_dir runs/peers/iql-s0
+
+``iql-online`` is IQL's offline-to-online fine-tuning from a run's own phase-A critics
+(``uepo.iql_online``).
 
 ``ppo-scratch`` is PPO from a fresh Gaussian policy: what phase E would do without the offline phases.
 It runs ``uepo.phases.online.run_online`` on a bundle shaped like ``checkpoints/offline.pt`` whose
@@ -23,6 +27,7 @@ import torch
 
 from uepo.config import OnlineConfig
 from uepo.data import load_offline_data
+from uepo.iql_online import IQLOnlineConfig, iql_online
 from uepo.nets import LOG_STD_MAX, LOG_STD_MIN, ValueNet
 from uepo.phases.online import run_online
 from uepo.policy import MultiSeedPolicy, policy_config
@@ -77,21 +82,35 @@ def ppo_scratch(dataset: str, seed: int, run_dir: Path, cfg: OnlineConfig, devic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m uepo.baselines", description=__doc__.split("\n\n")[0])
-    parser.add_argument("peer", choices=["ppo-scratch"])
-    parser.add_argument("--dataset", required=True, help="its env, state statistics and reference returns are used")
+    parser.add_argument("peer", choices=["ppo-scratch", "iql-online"])
+    parser.add_argument("--dataset", help="ppo-scratch: its env, state statistics and reference returns are used")
+    parser.add_argument("--from_run", type=Path, help="iql-online: a run whose phase A finished (its critics, "
+                                                      "dataset and config are used)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run_dir", type=Path, required=True, help="resumed when it holds a checkpoint")
     parser.add_argument("--env_steps", type=int, default=1_000_000)
-    parser.add_argument("--num_envs", type=int, default=8)
+    parser.add_argument("--num_envs", type=int, default=8, help="ppo-scratch: vector envs")
+    parser.add_argument("--update_every", type=int, default=1, help="iql-online: env steps per IQL update")
+    parser.add_argument("--actor_steps", type=int, default=IQLOnlineConfig.actor_steps,
+                        help="iql-online: offline AWR steps before the first env step")
     parser.add_argument("--eval_every", type=int, default=50_000)
     parser.add_argument("--eval_episodes", type=int, default=10)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="ppo-scratch: where the networks live")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = scratch_config(args.env_steps, num_envs=args.num_envs, eval_every=args.eval_every,
-                         eval_episodes=args.eval_episodes, checkpoint_every=args.eval_every)
-    summary = ppo_scratch(args.dataset, args.seed, args.run_dir, cfg, args.device)
-    print(f"ppo-scratch {args.dataset} seed {args.seed}: score {summary['score_start']:.1f} -> "
+    needed = "--dataset" if args.peer == "ppo-scratch" else "--from_run"
+    if getattr(args, needed.lstrip("-")) is None:
+        parser.error(f"{args.peer} needs {needed}")
+    if args.peer == "ppo-scratch":
+        cfg = scratch_config(args.env_steps, num_envs=args.num_envs, eval_every=args.eval_every,
+                             eval_episodes=args.eval_episodes, checkpoint_every=args.eval_every)
+        summary = ppo_scratch(args.dataset, args.seed, args.run_dir, cfg, args.device)
+    else:
+        iql_cfg = IQLOnlineConfig(env_steps=args.env_steps, update_every=args.update_every,
+                                  actor_steps=args.actor_steps, eval_every=args.eval_every,
+                                  eval_episodes=args.eval_episodes, checkpoint_every=args.eval_every)
+        summary = iql_online(args.from_run, args.seed, args.run_dir, iql_cfg)
+    print(f"{args.peer} seed {args.seed}: score {summary['score_start']:.1f} -> "
           f"{summary['score_final']:.1f} (best {summary['score_best']:.1f}) after {summary['env_steps']} env steps; "
           f"curve in {args.run_dir / 'metrics.csv'} (online, eval_score)", file=sys.stderr)
     return 0

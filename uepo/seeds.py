@@ -18,7 +18,8 @@ The offsets keep the streams of runs with seeds 0…99 apart from each other.
 
 from __future__ import annotations
 
-PHASE_OFFSETS = {"critics": 1, "pretrain": 2, "dynamics": 3, "improve": 4, "evaluate": 5, "online": 6, "peer": 7}
+PHASE_OFFSETS = {"critics": 1, "pretrain": 2, "dynamics": 3, "improve": 4, "evaluate": 5, "online": 6, "peer": 7,
+                 "peer_iql": 8}
 AMQ_NOISE_SEED = 12345
 EVAL_OFFSET = 100_000
 SELECT_OFFSET = 200_000

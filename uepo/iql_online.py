@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uepo import envs, seeds
@@ -39,7 +38,7 @@ from uepo.config import Config, f, from_dict, load_yaml
 from uepo.data import OfflineData, load_offline_data
 from uepo.nets import TwinQ, ValueNet, mlp
 from uepo.phases import PhaseContext, sample_indices, snapshot
-from uepo.phases.critics import build_critics, expectile_loss
+from uepo.phases.critics import build_critics, polyak_update, update_q, update_v
 from uepo.phases.online import reference_scores
 from uepo.phases.runner import Trainer, train
 from uepo.runs import Run, seed_everything
@@ -184,24 +183,11 @@ def update_actor(nets: Nets, s: Tensor, a: Tensor, cfg: IQLOnlineConfig) -> Tens
 def iql_update(nets: Nets, batch: tuple[Tensor, ...], critic: dict[str, float], cfg: IQLOnlineConfig) -> dict:
     """One IQL update on ``batch``: V (expectile), both twins (r + γ V(s')), Polyak, the actor (AWR)."""
     s, a, r, s2, not_done = batch
-    with torch.no_grad():
-        target_q = nets.q_target(s, a)
-    v_loss = expectile_loss(target_q - nets.v(s), critic["expectile"])
-    nets.opts["v"].zero_grad(set_to_none=True)
-    v_loss.backward()
-    nets.opts["v"].step()
-    with torch.no_grad():
-        backup = r + critic["gamma"] * not_done * nets.v(s2)
-    q1, q2 = nets.q.both(s, a)
-    q_loss = 0.5 * (F.mse_loss(q1, backup) + F.mse_loss(q2, backup))
-    nets.opts["q"].zero_grad(set_to_none=True)
-    q_loss.backward()
-    nets.opts["q"].step()
-    with torch.no_grad():
-        for p, tp in zip(nets.q.parameters(), nets.q_target.parameters(), strict=True):
-            tp.lerp_(p, critic["polyak"])
+    _, v_loss = update_v(nets.v, nets.q_target, nets.opts["v"], s, a, critic["expectile"])
+    q_loss = update_q(nets.q, nets.v, nets.opts["q"], s, a, r, s2, not_done, critic["gamma"])
+    polyak_update(nets.q, nets.q_target, critic["polyak"])
     actor_loss = update_actor(nets, s, a, cfg)
-    return {"v_loss": v_loss.detach(), "q_loss": q_loss.detach(), "actor_loss": actor_loss}
+    return {"v_loss": v_loss, "q_loss": q_loss, "actor_loss": actor_loss}
 
 
 class IQLOnlineTrainer(Trainer):

@@ -40,6 +40,37 @@ def build_critics(obs_dim: int, action_dim: int, hidden: int, layers: int) -> tu
     return TwinQ(obs_dim, action_dim, hidden, layers), ValueNet(obs_dim, hidden, layers)
 
 
+def update_v(v: ValueNet, q_target: TwinQ, opt: torch.optim.Optimizer, s: Tensor, a: Tensor,
+             expectile: float) -> tuple[Tensor, Tensor]:
+    """V ← expectile of the target twins' min at the batch's actions; returns (that min, the loss)."""
+    with torch.no_grad():
+        target_q = q_target(s, a)
+    v_loss = expectile_loss(target_q - v(s), expectile)
+    opt.zero_grad(set_to_none=True)
+    v_loss.backward()
+    opt.step()
+    return target_q, v_loss.detach()
+
+
+def update_q(q: TwinQ, v: ValueNet, opt: torch.optim.Optimizer, s: Tensor, a: Tensor, r: Tensor, s2: Tensor,
+             not_done: Tensor, gamma: float) -> Tensor:
+    """Both twins ← r + γ V(s') (no bootstrap after a termination)."""
+    with torch.no_grad():
+        backup = r + gamma * not_done * v(s2)
+    q1, q2 = q.both(s, a)
+    q_loss = 0.5 * (F.mse_loss(q1, backup) + F.mse_loss(q2, backup))
+    opt.zero_grad(set_to_none=True)
+    q_loss.backward()
+    opt.step()
+    return q_loss.detach()
+
+
+def polyak_update(q: TwinQ, q_target: TwinQ, rate: float) -> None:
+    with torch.no_grad():
+        for p, tp in zip(q.parameters(), q_target.parameters(), strict=True):
+            tp.lerp_(p, rate)
+
+
 class IQLTrainer(Trainer):
     """Phase A as the loop sees it: one step = one V update, one twin-Q update, one Polyak step."""
 
@@ -72,30 +103,14 @@ class IQLTrainer(Trainer):
         return self.q, self.v
 
     def _update_v(self, s: Tensor, a: Tensor) -> Tensor:
-        """V ← expectile of the target twins' min at dataset actions."""
-        with torch.no_grad():
-            self.target_q = self.q_target(s, a)
-        v_loss = expectile_loss(self.target_q - self.v(s), self.cfg.expectile)
-        self.opts["v"].zero_grad(set_to_none=True)
-        v_loss.backward()
-        self.opts["v"].step()
-        return v_loss.detach()
+        self.target_q, v_loss = update_v(self.v, self.q_target, self.opts["v"], s, a, self.cfg.expectile)
+        return v_loss
 
     def _update_q(self, s: Tensor, a: Tensor, r: Tensor, s2: Tensor, not_done: Tensor) -> Tensor:
-        """Both twins ← r + γ V(s') (no bootstrap after a termination)."""
-        with torch.no_grad():
-            backup = r + self.cfg.gamma * not_done * self.v(s2)
-        q1, q2 = self.q.both(s, a)
-        q_loss = 0.5 * (F.mse_loss(q1, backup) + F.mse_loss(q2, backup))
-        self.opts["q"].zero_grad(set_to_none=True)
-        q_loss.backward()
-        self.opts["q"].step()
-        return q_loss.detach()
+        return update_q(self.q, self.v, self.opts["q"], s, a, r, s2, not_done, self.cfg.gamma)
 
     def _update_target(self) -> None:
-        with torch.no_grad():
-            for p, tp in zip(self.q.parameters(), self.q_target.parameters(), strict=True):
-                tp.lerp_(p, self.cfg.polyak)
+        polyak_update(self.q, self.q_target, self.cfg.polyak)
 
     def metrics(self, losses: dict[str, Tensor]) -> dict[str, float]:
         return {"q_loss": losses["q_loss"].item(), "v_loss": losses["v_loss"].item(),

@@ -114,3 +114,16 @@ def test_train_flags_after_the_separator_go_to_every_run_but_not_those_the_sweep
     with pytest.raises(SystemExit):
         sweep.parse(["run", "--", "--seed=3"])
     assert "--seed" in capsys.readouterr().err
+
+
+def test_the_uni_o4_selection_variant_reruns_only_phase_d_and_is_not_a_default(tmp_path):
+    """amq-topk-online: the main run's A–C are reused (--reuse_from) and D runs with Uni-O4's selection;
+    a sweep runs it only when asked (the offline selection stays the method's)."""
+    args, extra = sweep.parse(["run", "--datasets", "test/x/y-v0", "--seeds", "0", "--variants", "amq-topk-online",
+                               "--out", str(tmp_path)])
+    (job,) = [j for j in sweep.jobs_of(args, extra) if j.variant == "amq-topk-online"]  # (its main run too)
+    cmd = job.command()
+    assert cmd[cmd.index("--selection") + 1] == "amq-topk-online"
+    assert cmd[cmd.index("--reuse_from") + 1] == str(job.main_dir) and not job.ready()
+    default, _ = sweep.parse(["run", "--datasets", "test/x/y-v0", "--out", str(tmp_path)])
+    assert "amq-topk-online" not in default.variants and "main" in default.variants

@@ -30,7 +30,10 @@ VARIANTS = {
     "no-augmentation": ["--no-augmentation"],
     "no-seq-kl": ["--no-seq-kl"],
     "no-divergence": ["--no-divergence"],
+    # Uni-O4's selection (top-k by AM-Q, then a few real episodes each): phases A–C reused, D rerun
+    "amq-topk-online": ["--selection", "amq-topk-online"],
 }
+DEFAULT_VARIANTS = ["main", "gaussian-ensemble", "no-augmentation", "no-seq-kl", "no-divergence"]  # a sweep's default
 PHASE_KEYS = ["A_critics", "B_pretrain", "C_dynamics", "D_improve", "evaluation"]
 CSV_FIELDS = ["dataset", "variant", "seeds", "selected_mean", "selected_std", "raw_mean"]
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from uepo.matrix import (
+    DEFAULT_VARIANTS,
     VARIANTS,
     Job,
     aggregate,
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("action", choices=["run", "report"])
     parser.add_argument("--datasets", nargs="+", default=["local/hopper/medium-v0", "local/hopper/medium-replay-v0"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--preset", default="bench")
     parser.add_argument("--phases", default="offline", choices=["offline", "all"],
                         help="offline: A–D and the evaluation, as the matrix in docs/RESULTS.md; all: also online E")

@@ -58,6 +58,13 @@ def test_awr_weights_favour_actions_with_a_higher_advantage():
     assert actor(s)[:, 0].mean().item() > before
 
 
+def test_beta_is_applied_in_iql_reward_units(tiny_hopper):
+    data = load_offline_data(tiny_hopper)
+    spread = float(data.episode_returns.max() - data.episode_returns.min())
+    assert iql_online.advantage_beta(data, tiny_config()) == pytest.approx(3.0 * 1000 / spread)
+    assert iql_online.advantage_beta(data, tiny_config(beta_on_iql_scale=False)) == 3.0
+
+
 def test_iql_online_trains_from_phase_a_critics_and_logs_phase_e_curve(source_run, tmp_path):
     summary = iql_online.iql_online(source_run, 0, tmp_path / "iql", tiny_config(), progress=False)
     assert summary["env_steps"] == 240 and np.isfinite(summary["score_final"])

@@ -7,6 +7,8 @@ IQL's offline-to-online recipe (Kostrikov et al. 2022, §5.3; CORL's iql.py), on
 1. **Actor extraction, offline.** A Gaussian actor π(a|s) = N(tanh(f(s)), σ) (state-independent σ) is
    fitted by advantage-weighted regression against the run's frozen phase-A critics:
    max E_D[w log π(a|s)], w = min(exp(β (Q_τ(s, a) − V_τ(s))), w_max), for ``actor_steps`` steps.
+   IQL trains on rewards × 1000 / (max − min episode return); our critics keep the raw rewards, so β
+   is applied in IQL's units (β × 1000 / spread on raw advantages), which keeps IQL's β = 3 meaningful.
 2. **Online.** A replay buffer holds the dataset, then every new transition. Every ``update_every``
    env steps one IQL update runs on a batch drawn uniformly from it: V by expectile regression on the
    target twins, both twins to r + γ V(s') (no bootstrap after a termination), Polyak, then the actor
@@ -57,6 +59,8 @@ class IQLOnlineConfig:
     batch_size: int = f(256, "transitions per update, drawn uniformly from dataset + online buffer")
     lr_actor: float = f(3e-4, "actor Adam learning rate (IQL's)")
     beta: float = f(3.0, "AWR inverse temperature β (IQL's locomotion value)")
+    beta_on_iql_scale: bool = f(True, "β acts on advantages in IQL's reward units, 1000 / (max − min episode "
+                                      "return of the data) times the critics' raw units, as IQL scales rewards")
     max_weight: float = f(100.0, "AWR weights are clipped at this")
     update_every: int = f(1, "env steps per IQL update (1: IQL's one update per env step)")
     hidden: int = f(256, "actor MLP width")
@@ -84,7 +88,7 @@ class GaussianActor(nn.Module):
 
 def awr_loss(actor: GaussianActor, q: TwinQ, v: ValueNet, s: Tensor, a: Tensor, beta: float,
              max_weight: float) -> Tensor:
-    """−E[min(exp(β (Q_τ(s, a) − V_τ(s))), w_max) · log π(a | s)]."""
+    """−E[min(exp(β (Q_τ(s, a) − V_τ(s))), w_max) · log π(a | s)] (β in the critics' units)."""
     with torch.no_grad():
         weight = torch.exp(beta * (q(s, a) - v(s))).clamp(max=max_weight)
     return -(weight * actor.distribution(s).log_prob(a).sum(-1)).mean()
@@ -136,6 +140,7 @@ class Nets:
     q_target: TwinQ
     v: ValueNet
     opts: dict[str, torch.optim.Optimizer]
+    beta: float  # AWR's β in the critics' units
 
     def state_dict(self) -> dict[str, Any]:
         return {"actor": self.actor.state_dict(), "q": self.q.state_dict(), "q_target": self.q_target.state_dict(),
@@ -172,8 +177,16 @@ class AWRTrainer(Trainer):
         self.nets.opts["actor"].load_state_dict(state["opt"])
 
 
+def advantage_beta(data: OfflineData, cfg: IQLOnlineConfig) -> float:
+    """β in the critics' (raw reward) units: IQL trains on rewards × 1000 / (max − min episode return)."""
+    if not cfg.beta_on_iql_scale:
+        return cfg.beta
+    spread = float(data.episode_returns.max() - data.episode_returns.min())
+    return cfg.beta * 1000.0 / spread if spread > 0 else cfg.beta
+
+
 def update_actor(nets: Nets, s: Tensor, a: Tensor, cfg: IQLOnlineConfig) -> Tensor:
-    loss = awr_loss(nets.actor, nets.q_target, nets.v, s, a, cfg.beta, cfg.max_weight)
+    loss = awr_loss(nets.actor, nets.q_target, nets.v, s, a, nets.beta, cfg.max_weight)
     nets.opts["actor"].zero_grad(set_to_none=True)
     loss.backward()
     nets.opts["actor"].step()
@@ -298,7 +311,7 @@ def build_nets(data: OfflineData, source_cfg: Config, critics: dict, cfg: IQLOnl
     actor = GaussianActor(data.obs_dim, data.action_dim, cfg.hidden, cfg.layers)
     opts = {"actor": torch.optim.Adam(actor.parameters(), lr=cfg.lr_actor),
             "q": torch.optim.Adam(q.parameters(), lr=c.lr_q), "v": torch.optim.Adam(v.parameters(), lr=c.lr_v)}
-    return Nets(actor, q, q_target, v, opts)
+    return Nets(actor, q, q_target, v, opts, advantage_beta(data, cfg))
 
 
 def iql_online(source: Path, seed: int, run_dir: Path, cfg: IQLOnlineConfig, progress: bool = True) -> dict:
@@ -309,7 +322,7 @@ def iql_online(source: Path, seed: int, run_dir: Path, cfg: IQLOnlineConfig, pro
     ref = reference_scores(data.env_id, data.provenance)
     run = Run(Path(run_dir), resume=True)
     run.update_summary(peer="iql-online", source_run=str(source), dataset=data.provenance, seed=seed,
-                       config=dataclasses.asdict(cfg))
+                       config=dataclasses.asdict(cfg), beta_raw_units=advantage_beta(data, cfg))
     seed_everything(seeds.phase_seed(seed, "peer_iql"))
     nets = build_nets(data, source_cfg, critics, cfg)
     buffer = ReplayBuffer(data, cfg.env_steps)

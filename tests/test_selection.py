@@ -207,3 +207,11 @@ def test_seed_temperature_scales_the_initial_noise_only():
     assert torch.allclose(cold.noise, 0.25 * full.noise) and torch.equal(cold.perturb, full.perturb)
     with pytest.raises(ValueError, match="temperature"):
         SeedBank.draw(3, 5, 4, 2, base_seed=7, temperature=-1.0)
+
+
+def test_amq_can_start_where_the_real_evaluation_starts(tiny_hopper, tmp_path):
+    """improve.ope_start_fraction = 1: every AM-Q start state is an episode's first state (a reset state)."""
+    ctx, critics, pre, dynamics = phases_abc(tiny_hopper, tmp_path, improve={"ope_start_fraction": 1.0})
+    improve(ctx, pre.policy, critics, dynamics)
+    ope_idx = ctx.run.load_checkpoint("improve_cache")["ope_idx"]
+    assert torch.equal(ope_idx, ctx.data.episode_start[ope_idx])

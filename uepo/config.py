@@ -120,6 +120,9 @@ class ImproveConfig:
     ope_support_factor: float = f(2.0, "a rollout row stops where T̂ disagrees more than this multiple of its "
                                        "largest disagreement on real hold-out pairs (inf: never)")
     ope_state_margin: float = f(0.1, "predicted states are clipped to the data's range widened by this share")
+    ope_start_fraction: float = f(0.0, "share of AM-Q's start states drawn from episodes' first ope_start_steps "
+                                       "steps, where the real evaluation starts; 0: uniform over the data (Uni-O4)")
+    ope_start_steps: int = f(1, "ope_start_fraction's pool: the first this many steps of every episode")
     selection: str = f("amq", "amq (offline: argmax AM-Q) or amq-topk-online (Uni-O4: top-k by AM-Q, then real "
                               "episodes; peeks at the env)")
     select_topk: int = f(2, "amq-topk-online: sub-policies that get real episodes")
@@ -320,6 +323,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--seq_kl_form must be 'closed' or 'data', got {cfg.pretrain.seq_kl_form!r}")
     if cfg.improve.selection not in ("amq", "amq-topk-online"):
         raise ValueError(f"--selection must be amq or amq-topk-online, got {cfg.improve.selection!r}")
+    if not 0.0 <= cfg.improve.ope_start_fraction <= 1.0 or cfg.improve.ope_start_steps < 1:
+        raise ValueError("--improve.ope_start_fraction must be in [0, 1] and --improve.ope_start_steps >= 1")
     if not cfg.improve.ope_support_factor > 0:
         raise ValueError("--ope_support_factor must be > 0 (inf: rollouts never stop)")
     if cfg.pretrain.sampler not in ("ddim", "ddpm"):

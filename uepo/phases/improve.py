@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from uepo import seeds
-from uepo.phases import PhaseContext, restore, sample_indices, snapshot
+from uepo.phases import BatchSampler, PhaseContext, restore, sample_indices, snapshot
 from uepo.phases.critics import Critics
 from uepo.phases.dynamics import Dynamics
 from uepo.phases.runner import Trainer, train
@@ -302,7 +302,8 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
         run.log(PHASE, 0, amq_horizon=horizon, amq_support_disagreement=support.disagreement,
                 amq_q_low=support.q_low, amq_q_high=support.q_high, amq_q_floor=support.q_floor)
         base_all = cache_base_actions(policy, data.cond(torch.arange(data.size), policy.history))
-        ope_idx = sample_indices(data.size, min(cfg.ope_states, data.size), gen)
+        start_sampler = BatchSampler(data, cfg.ope_start_fraction, cfg.ope_start_steps)  # 0: sample_indices
+        ope_idx = start_sampler(min(cfg.ope_states, data.size), gen)
         warm_nll = []
         for i in range(n):
             warm_nll.append(warm_start_std(policy.heads[i], obs_n, base_all[:, i], data.actions,

@@ -67,3 +67,20 @@ def test_summary_json_is_optional(tmp_path):
     _fake_run(tmp_path)
     (tmp_path / "summary.json").unlink()
     assert any(p.name == "learning_curve.png" for p in plots.make_plots(tmp_path))
+
+
+def test_compare_online_curves_table_and_figure(tmp_path):
+    """--compare: each run's online eval_score as a column, steps where a run has none shown as —."""
+    for name, points in (("a", [(0, 10.0), (100, 20.0)]), ("b", [(0, 5.0), (50, 7.0), (100, 6.0)])):
+        run = tmp_path / name
+        run.mkdir()
+        rows = ["time,phase,step,key,value"] + [f"0,online,{s},eval_score,{v}" for s, v in points]
+        (run / "metrics.csv").write_text("\n".join(rows + ["0,online,100,value_loss,1.0"]) + "\n")
+    curves = plots.online_curves({"uepo": tmp_path / "a", "peer": tmp_path / "b"})
+    table = plots.curves_table(curves).splitlines()
+    assert table[0] == "| env steps | uepo | peer |"
+    assert table[2:5] == ["| 0 | 10.0 | 5.0 |", "| 50 | — | 7.0 |", "| 100 | 20.0 | 6.0 |"]
+    assert table[5] == "| **last** | 20.0 | 6.0 |" and table[6] == "| **best** | 20.0 | 7.0 |"
+    out = tmp_path / "c.png"
+    assert plots.main(["--compare", f"uepo={tmp_path / 'a'}", f"peer={tmp_path / 'b'}", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0

@@ -8,6 +8,10 @@
   selected policy as a reference line when summary.json has it.
 
     python -m uepo.plots RUN_DIR
+    python -m uepo.plots --compare uepo=RUN_A ppo-scratch=RUN_B --out curves.png   # online curves side by side
+
+``--compare`` draws several runs' online evaluation curves in one figure (phase E and its peers,
+``python -m uepo.baselines``) and prints them as a markdown table, one row per evaluation step.
 """
 
 from __future__ import annotations
@@ -150,14 +154,64 @@ def make_plots(run_dir: str | Path) -> list[Path]:
     return written + ([curve] if curve else [])
 
 
+def online_curves(runs: dict[str, Path]) -> dict[str, list[tuple[int, float]]]:
+    """Label -> the run's online evaluation scores [(env step, score)]."""
+    return {label: sorted(read_metrics(Path(d) / "metrics.csv").get("online", {}).get("eval_score", []))
+            for label, d in runs.items()}
+
+
+def curves_table(curves: dict[str, list[tuple[int, float]]]) -> str:
+    """Markdown: one row per evaluation step, one column per run, then the last and best score."""
+    steps = sorted({s for points in curves.values() for s, _ in points})
+    lines = ["| env steps | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
+    for step in steps:
+        cells = [next((f"{v:.1f}" for s, v in points if s == step), "—") for points in curves.values()]
+        lines.append(f"| {step:,} | " + " | ".join(cells) + " |")
+    for name, pick in (("last", lambda p: p[-1][1]), ("best", lambda p: max(v for _, v in p))):
+        lines.append(f"| **{name}** | " + " | ".join(f"{pick(p):.1f}" if p else "—" for p in curves.values()) + " |")
+    return "\n".join(lines)
+
+
+def plot_online_comparison(curves: dict[str, list[tuple[int, float]]], path: Path, title: str = "") -> Path:
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, points in curves.items():
+        if points:
+            ax.plot(*zip(*points, strict=True), "o-", ms=3, label=label)
+    ax.set_title(title or "online evaluation score", fontsize=10)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("normalised score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _filename(phase: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", phase)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m uepo.plots", description="Plot a run's metrics.csv.")
-    parser.add_argument("run_dir", help="a run directory (holds metrics.csv)")
+    parser.add_argument("run_dir", nargs="?", help="a run directory (holds metrics.csv)")
+    parser.add_argument("--compare", nargs="+", metavar="LABEL=RUN_DIR", help="online curves of several runs")
+    parser.add_argument("--out", type=Path, default=Path("online_curves.png"), help="--compare's figure")
+    parser.add_argument("--title", default="", help="--compare's figure title")
     args = parser.parse_args(argv)
+    if args.compare:
+        if any("=" not in c for c in args.compare):
+            parser.error("--compare takes LABEL=RUN_DIR pairs, e.g. uepo=runs/a ppo-scratch=runs/b")
+        try:
+            curves = online_curves(dict(c.split("=", 1) for c in args.compare))
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"uepo.plots: {exc}", file=sys.stderr)
+            return 2
+        print(curves_table(curves))
+        print(plot_online_comparison(curves, args.out, args.title))
+        return 0
+    if args.run_dir is None:
+        parser.error("pass a run directory, or --compare LABEL=RUN_DIR ...")
     try:
         paths = make_plots(args.run_dir)
     except (FileNotFoundError, ValueError) as exc:

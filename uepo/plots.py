@@ -129,15 +129,7 @@ def plot_learning_curve(online: Series, summary: dict, path: Path) -> Path | Non
     if isinstance(offline, (int, float)):
         ax.axhline(offline, color="gray", ls="--", lw=1, label="offline (selected policy)")
     dataset = (summary.get("dataset") or {}).get("dataset_id", "")
-    ax.set_title(f"online fine-tuning {dataset}".strip(), fontsize=10)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("normalised score")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_score_figure(fig, ax, f"online fine-tuning {dataset}".strip(), path)
 
 
 def make_plots(run_dir: str | Path) -> list[Path]:
@@ -177,7 +169,12 @@ def plot_online_comparison(curves: dict[str, list[tuple[int, float]]], path: Pat
     for label, points in curves.items():
         if points:
             ax.plot(*zip(*points, strict=True), "o-", ms=3, label=label)
-    ax.set_title(title or "online evaluation score", fontsize=10)
+    return _save_score_figure(fig, ax, title or "online evaluation score", path)
+
+
+def _save_score_figure(fig: plt.Figure, ax: plt.Axes, title: str, path: Path) -> Path:
+    """Title, score-vs-env-steps axes, grid and legend; write ``path`` and close the figure."""
+    ax.set_title(title, fontsize=10)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("normalised score")
     ax.grid(alpha=0.3)

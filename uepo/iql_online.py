@@ -41,7 +41,7 @@ from uepo.data import OfflineData, load_offline_data
 from uepo.nets import TwinQ, ValueNet, mlp
 from uepo.phases import PhaseContext, sample_indices, snapshot
 from uepo.phases.critics import build_critics, polyak_update, update_q, update_v
-from uepo.phases.online import reference_scores
+from uepo.phases.online import record_score, reference_scores
 from uepo.phases.runner import Trainer, train
 from uepo.runs import Run, seed_everything
 from uepo.tasks import normalized_score
@@ -341,9 +341,7 @@ def iql_online(source: Path, seed: int, run_dir: Path, cfg: IQLOnlineConfig, pro
             return {}
         returns, lengths = envs.run_episodes(act, env, cfg.eval_episodes, eval_seed, 1)
         score = float(np.mean(normalized_score(returns, ref)))
-        history["last_score"], history["best_score"] = score, max(history["best_score"], score)
-        if history["score_start"] is None:
-            history["score_start"] = score
+        record_score(history, score)
         return {"eval_return": float(returns.mean()), "eval_score": score, "eval_length": float(lengths.mean())}
 
     vec = envs.make_vector_env(env, 1, 1)

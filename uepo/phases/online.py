@@ -445,10 +445,7 @@ def run_online(
             return {}
         returns, lengths = envs.run_episodes(agent.act, env, cfg.eval_episodes, eval_seed, policy.history)
         score = float(np.mean(normalized_score(returns, ref)))
-        history = trainer.history
-        history["last_score"], history["best_score"] = score, max(history["best_score"], score)
-        if history["score_start"] is None:
-            history["score_start"] = score
+        record_score(trainer.history, score)
         return {"eval_return": float(returns.mean()), "eval_score": score, "eval_return_std": float(returns.std()),
                 "eval_length": float(lengths.mean())}
 
@@ -477,6 +474,13 @@ def run_online(
     finally:
         vec.close()
     return summary
+
+
+def record_score(history: dict, score: float) -> None:
+    """An evaluation's score into a curve's history: the last, the best, and the first one seen."""
+    history["last_score"], history["best_score"] = score, max(history["best_score"], score)
+    if history["score_start"] is None:
+        history["score_start"] = score
 
 
 def _check_resumable(saved: dict, config: dict, selected: int) -> None:

@@ -29,6 +29,8 @@ VARIANTS = {
     "gaussian-ensemble": ["--policy", "gaussian-ensemble"],
     "no-augmentation": ["--no-augmentation"],
     "no-seq-kl": ["--no-seq-kl"],
+    # the sequence-KL weight α a tenth of the default: between no-seq-kl and main
+    "alpha-1e-4": ["--pretrain.alpha", "1e-4"],
     "no-divergence": ["--no-divergence"],
     # Uni-O4's selection (top-k by AM-Q, then a few real episodes each): phases A–C reused, D rerun
     "amq-topk-online": ["--selection", "amq-topk-online"],

@@ -32,6 +32,8 @@ VARIANTS = {
     # the sequence-KL weight α a tenth of the default: between no-seq-kl and main
     "alpha-1e-4": ["--pretrain.alpha", "1e-4"],
     "no-divergence": ["--no-divergence"],
+    # AM-Q from 256 start states (the paper protocol's count; bench has 64): phases A–C reused, D rerun
+    "ope-states-256": ["--improve.ope_states", "256"],
     # Uni-O4's selection (top-k by AM-Q, then a few real episodes each): phases A–C reused, D rerun
     "amq-topk-online": ["--selection", "amq-topk-online"],
 }

@@ -1,0 +1,178 @@
+"""Which offline estimate ranks sub-policies as the real env does? Measured on finished runs.
+
+    python scripts/ope_probe.py RUN_DIR [RUN_DIR ...] [--ope_states 64] [--json out.json]
+
+For every raw and improved sub-policy of each run (their real-env scores are in summary.json), the
+policy's value is estimated by several rules on the run's own critics and T̂, from the same start
+states and dynamics noise:
+
+- ``amq``: uepo's AM-Q (phase D's ``am_q``, with its support rules), horizon as in the run;
+- ``amq-h500``: the same, 500 model steps;
+- ``amq-vote``: AM-Q where a row falls only when most elites, each from its own mean next state,
+  predict the fall (the sampled member's state still moves the row);
+- ``amq-mean``: AM-Q rolled on the elites' mean prediction (no sampled member, no noise);
+- ``mbr``: the model's discounted return, Σ_t γ^t r̂_t + γ^H V(s_H), a fall ends it, leaving the
+  support adds γ^t × the data's lowest Q;
+- ``q1``: no model at all, the mean Q_τ(s, π(s)) over the start states.
+
+Prints Spearman's ρ between each estimate and the real scores over the 2n policies, and the regret
+of picking the arg max (best real score − real score of the pick). ``--json`` keeps every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from uepo.cli import run_config
+from uepo.data import load_offline_data
+from uepo.evaluate import rank_correlation
+from uepo.phases import PhaseContext, sample_indices
+from uepo.phases.critics import train_critics
+from uepo.phases.dynamics import Dynamics, train_dynamics
+from uepo.phases.improve import AMQ_NOISE_SEED, Support, am_q, head_act_fn, improve, raw_act_fn
+from uepo.phases.pretrain import pretrain
+from uepo.runs import Run
+
+
+def vote_dynamics(dyn: Dynamics) -> Dynamics:
+    """T̂ whose termination is the elites' majority, each judged from its own mean next state."""
+    model, terminal = dyn.model, dyn.terminal
+
+    def step_with_disagreement(obs: Tensor, action: Tensor, gen: torch.Generator):
+        nxt, reward, _, disagreement = Dynamics.step_with_disagreement(dyn, obs, action, gen)
+        mean_n, _ = model(obs, action)
+        means = mean_n[model.elites] * model.out_std + model.out_mean
+        votes = torch.stack([terminal(obs, action, obs + m[:, :-1]) for m in means]).float().mean(0)
+        return nxt, reward, votes > 0.5, disagreement
+
+    clone = Dynamics(model, terminal, dyn.metrics, dyn.holdout_disagreement)
+    clone.step_with_disagreement = step_with_disagreement  # type: ignore[method-assign]
+    return clone
+
+
+def mean_dynamics(dyn: Dynamics) -> Dynamics:
+    """T̂ rolled on the elites' mean prediction: no member draw, no noise."""
+    model, terminal = dyn.model, dyn.terminal
+
+    def step_with_disagreement(obs: Tensor, action: Tensor, gen: torch.Generator):
+        _, _, _, disagreement = Dynamics.step_with_disagreement(dyn, obs, action, gen)
+        mean_n, _ = model(obs, action)
+        mean = (mean_n[model.elites] * model.out_std + model.out_mean).mean(0)
+        nxt = obs + mean[:, :-1]
+        return nxt, mean[:, -1], terminal(obs, action, nxt), disagreement
+
+    clone = Dynamics(model, terminal, dyn.metrics, dyn.holdout_disagreement)
+    clone.step_with_disagreement = step_with_disagreement  # type: ignore[method-assign]
+    return clone
+
+
+@torch.no_grad()
+def model_return(act: Callable, dyn: Dynamics, critics, starts: Tensor, horizon: int, gamma: float,
+                 normalize: Callable, support: Support) -> float:
+    """Σ_t γ^t r̂_t + γ^H V(s_H) from each start state in T̂, averaged; see the module's text."""
+    gen = torch.Generator().manual_seed(AMQ_NOISE_SEED)
+    hist, rows = starts.clone(), starts.shape[0]
+    alive = torch.ones(rows, dtype=torch.bool)
+    ret = torch.zeros(rows, dtype=torch.float64)
+    for t in range(horizon):
+        obs, a = hist[:, -1], act(hist)
+        nxt, reward, done, disagreement = dyn.step_with_disagreement(obs, a, gen)
+        leaving = alive & (disagreement > support.disagreement)
+        ret += torch.where(leaving, gamma**t * support.q_floor, 0.0)
+        alive = alive & ~leaving
+        ret += torch.where(alive, gamma**t * reward.double(), 0.0)
+        alive = alive & ~done
+        nxt = torch.maximum(torch.minimum(nxt, support.obs_high), support.obs_low)
+        hist = torch.cat([hist[:, 1:], torch.where(alive[:, None], nxt, obs)[:, None]], dim=1)
+    v_end = critics.v(normalize(hist[:, -1])).double().clamp(support.q_low, support.q_high)
+    ret += torch.where(alive, gamma**horizon * v_end, 0.0)
+    return float(ret.mean())
+
+
+@torch.no_grad()
+def one_step_q(act: Callable, critics, starts: Tensor, normalize: Callable, support: Support) -> float:
+    return float(critics.q_value(normalize(starts[:, -1]), act(starts)).clamp(support.q_low, support.q_high).mean())
+
+
+def probe(root: Path, state_counts: list[int], rules: list[str], draws: list[int]) -> dict:
+    cfg = run_config(root)
+    data = load_offline_data(cfg.dataset)
+    run = Run(root, resume=True, tensorboard=False)
+    ctx = PhaseContext(run, cfg, data, torch.device("cpu"), progress=False)
+    critics, pre = train_critics(ctx), pretrain(ctx)  # all load from the run's checkpoints
+    dyn = train_dynamics(ctx, pre.policy)
+    imp = improve(ctx, pre.policy, critics, dyn)
+    run.close()
+    scores = json.loads((root / "summary.json").read_text())["scores"]
+    real = scores["raw"] + scores["improved"]
+    n = pre.policy.num_seeds
+    acts = [raw_act_fn(pre.policy, i) for i in range(n)] + \
+           [head_act_fn(imp.policy, imp.policy.heads[i], i) for i in range(n)]
+    support = Support.of(data, dyn, critics, cfg.critics.gamma, cfg.improve.ope_state_margin,
+                         cfg.improve.ope_support_factor)
+    horizon = cfg.improve.ope_horizon or 200
+    norm, gamma = data.normalize, cfg.critics.gamma
+
+    def estimate(rule: str, act: Callable, starts: Tensor) -> float:
+        if rule == "amq-h500":
+            return am_q(act, dyn, critics, starts, 500, norm, support).value
+        if rule in ("amq", "amq-vote", "amq-mean"):
+            model = {"amq": dyn, "amq-vote": vote_dynamics(dyn), "amq-mean": mean_dynamics(dyn)}[rule]
+            return am_q(act, model, critics, starts, horizon, norm, support).value
+        if rule == "mbr":
+            return model_return(act, dyn, critics, starts, horizon, gamma, norm, support)
+        return one_step_q(act, critics, starts, norm, support)
+
+    best_real = max(real)
+    out = {"run": str(root), "real": real, "rules": {}}
+    print(f"\n{root}: real raw {[round(x, 1) for x in scores['raw']]} improved "
+          f"{[round(x, 1) for x in scores['improved']]}", flush=True)
+    for states, draw, name in ((s, d, r) for s in state_counts for d in draws for r in rules):
+        idx = sample_indices(data.size, states, torch.Generator().manual_seed(cfg.seed * 1000 + 4242 + draw))
+        starts = data.histories(idx, pre.policy.history)
+        values = [estimate(name, a, starts) for a in acts]
+        name = f"{name}@{states}#{draw}"
+        rho = rank_correlation(values, real)
+        pick = max(range(len(values)), key=values.__getitem__)
+        regret = best_real - real[pick]
+        out["rules"][name] = {"values": values, "rho": rho, "pick": pick, "regret": regret}
+        rho_text = "—" if rho is None else f"{rho:+.2f}"
+        print(f"  {name:<14} ρ {rho_text:>5}  pick {pick} regret {regret:5.1f}  "
+              f"values {[round(v, 1) for v in values]}", flush=True)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--ope_states", type=int, nargs="+", default=[64])
+    parser.add_argument("--rules", nargs="+", default=["amq", "amq-h500", "amq-vote", "amq-mean", "mbr", "q1"])
+    parser.add_argument("--draws", type=int, nargs="+", default=[0], help="which draws of the start states")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    results = []
+    for root in args.runs:
+        results.append(probe(root, args.ope_states, args.rules, args.draws))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+    print("\nmean over runs:")
+    for name in results[0]["rules"]:
+        rhos = [r["rules"][name]["rho"] for r in results if r["rules"][name]["rho"] is not None]
+        regrets = [r["rules"][name]["regret"] for r in results]
+        mean_rho = sum(rhos) / len(rhos) if rhos else math.nan
+        print(f"  {name:<14} ρ {mean_rho:+.2f}  regret {sum(regrets) / len(regrets):5.1f}  "
+              f"best picked {sum(r == 0 for r in regrets)} of {len(regrets)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,7 +24,7 @@ from uepo.evaluate import evaluate_policy, rank_correlation, selection_report
 from uepo.phases import BatchSampler, PhaseContext
 from uepo.phases.critics import train_critics
 from uepo.phases.dynamics import termination_fn, train_dynamics
-from uepo.phases.improve import Support, am_q, head_act_fn, improve, select_sub_policy
+from uepo.phases.improve import Support, am_q, head_act_fn, improve, paired_z, select_sub_policy
 from uepo.phases.pretrain import masked_eps_loss, pretrain
 from uepo.runs import Run, seed_everything
 
@@ -148,6 +148,48 @@ def test_amq_ranks_sub_policies_as_the_real_env_does(hopper_phases):
     assert chosen == 0, (values, real)
     report = selection_report(chosen, values, values, None, real)
     assert report["regret"] == 0 and report["amq_picks_best_improved"]
+
+
+def test_amq_rows_make_up_j_and_pair_two_policies(hopper_phases):
+    """Ĵ is the mean of its start states' values; a policy paired with itself is 0 standard errors apart,
+    an intact sub-policy and one pushed to an action bound many."""
+    ctx, critics, pre, dynamics = hopper_phases
+    data, policy = ctx.data, copy.deepcopy(pre.policy)
+    with torch.no_grad():
+        policy.heads[1].mean_layer.bias.fill_(3.0)
+    starts = data.histories(torch.arange(0, data.size, data.size // 64)[:64], policy.history)
+    support = Support.of(data, dynamics, critics, 0.99, 0.1, DEFAULT_FACTOR)
+    intact, broken = (am_q(head_act_fn(policy, policy.heads[i], i), dynamics, critics, starts, 100, data.normalize,
+                           support) for i in (0, 1))
+    assert intact.row_values.shape == (64,) and intact.row_values.dtype == torch.float64
+    assert float(intact.row_values.mean()) == pytest.approx(intact.value, rel=1e-5)
+    assert 0 < intact.standard_error < abs(intact.value)
+    assert paired_z(intact.row_values, intact.row_values) == 0.0
+    assert paired_z(intact.row_values, broken.row_values) > 3, (intact.value, broken.value)
+    assert paired_z(broken.row_values, intact.row_values) < -3
+    assert math.isnan(paired_z(intact.row_values, None))
+
+
+def test_accept_z_accepts_only_gains_beyond_amq_noise(hopper_phases, tmp_path):
+    """With an unreachable margin no BPPO head is accepted (Ĵ stays the raw one); without it some are;
+    either way the summary says how far the selected sub-policy is above the runner-up."""
+    ctx, critics, pre, dynamics = hopper_phases
+
+    def improve_with(accept_z: float, name: str):
+        cfg = copy.deepcopy(ctx.cfg)
+        cfg.improve.accept_z = accept_z
+        run = Run(tmp_path / name, tensorboard=False)
+        return improve(PhaseContext(run, cfg, ctx.data, torch.device("cpu"), progress=False), pre.policy, critics,
+                       dynamics)
+
+    free, strict = improve_with(0.0, "free"), improve_with(1e6, "strict")
+    assert free.amq_raw == strict.amq_raw
+    assert any(b > r for b, r in zip(free.amq_best, free.amq_raw, strict=True))  # the premise: BPPO gains
+    assert strict.amq_best == strict.amq_raw
+    for result in (free, strict):
+        sel = result.selection
+        assert all(se is not None and se > 0 for se in sel["amq_se"])
+        assert sel["runner_up"] != result.selected and sel["runner_up_z"] is not None and sel["runner_up_z"] >= 0
 
 
 @pytest.mark.parametrize("env_id,robot,max_angle", [("Hopper-v5", "hopper", 0.35), ("Walker2d-v5", "walker2d", 1.5)])

@@ -8,6 +8,7 @@ Resolution order: preset -> YAML file -> overrides; the command line that builds
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,8 @@ class ImproveConfig:
     entropy: float = f(0.0, "entropy bonus")
     std_warmup_steps: int = f(2000, "log-std warm-start steps (NLL of dataset actions around μ^i_1)")
     ope_every: int = f(1000, "E_ope: BPPO steps between AM-Q evaluations")
+    accept_z: float = f(0.0, "accept a BPPO head only if its AM-Q gain is this many standard errors of the "
+                             "paired per-start-state difference (0: any gain, as Uni-O4)")
     ope_states: int = f(256, "dataset start states of each AM-Q rollout")
     ope_horizon: int = f(0, "H_ope: AM-Q rollout length; 0: 200 locomotion, 20 Adroit")
     ope_support_factor: float = f(2.0, "a rollout row stops where T̂ disagrees more than this multiple of its "
@@ -325,6 +328,9 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--selection must be amq or amq-topk-online, got {cfg.improve.selection!r}")
     if not 0.0 <= cfg.improve.ope_start_fraction <= 1.0 or cfg.improve.ope_start_steps < 1:
         raise ValueError("--improve.ope_start_fraction must be in [0, 1] and --improve.ope_start_steps >= 1")
+    if not (math.isfinite(cfg.improve.accept_z) and cfg.improve.accept_z >= 0):
+        raise ValueError(f"--improve.accept_z must be a finite number >= 0 (0: accept any AM-Q gain), "
+                         f"got {cfg.improve.accept_z}")
     if not cfg.improve.ope_support_factor > 0:
         raise ValueError("--ope_support_factor must be > 0 (inf: rollouts never stop)")
     if cfg.pretrain.sampler not in ("ddim", "ddpm"):

@@ -152,6 +152,10 @@ def selection_table(scores: dict, selection: dict, episodes: int) -> str:
                  f"{fmt(scores.get('selected'))} over {episodes} episodes; regret {fmt(report.get('regret'))}, "
                  f"AM-Q rank correlation {fmt(report.get('amq_rank_correlation'), '.2f')} "
                  f"(raw {fmt(report.get('amq_raw_rank_correlation'), '.2f')})")
+    if selection.get("runner_up_z") is not None:
+        z = selection["runner_up_z"]
+        lines.append(f"AM-Q puts it {z:.1f} paired standard errors above sub-policy {selection['runner_up']}"
+                     + (" (under 2: within AM-Q's start-state noise)" if z < 2 else ""))
     return "\n".join(lines)
 
 

@@ -95,11 +95,31 @@ class AmQ:
     clip_fraction: float  # share of the counted Q_τ outside [q_low, q_high]
     plausible: bool  # finite, and the raw mean inside [q_low, q_high]
     left_fraction: float = 0.0  # share of the rows that left the support (the rest ran on or fell)
+    row_values: Tensor | None = None  # (rows,) float64: each start state's share of Ĵ (Ĵ = their mean)
+
+    @property
+    def standard_error(self) -> float:
+        """Ĵ's standard error over the start states (nan without per-row values)."""
+        if self.row_values is None or self.row_values.numel() < 2:
+            return math.nan
+        return float(self.row_values.std() / math.sqrt(self.row_values.numel()))
 
     def metrics(self, i: int) -> dict[str, float]:
         return {f"amq_{i}": self.value, f"amq_unclipped_{i}": self.unclipped,
                 f"amq_support_{i}": self.support_fraction, f"amq_left_{i}": self.left_fraction,
-                f"amq_clipped_{i}": self.clip_fraction, f"amq_plausible_{i}": float(self.plausible)}
+                f"amq_clipped_{i}": self.clip_fraction, f"amq_plausible_{i}": float(self.plausible),
+                f"amq_se_{i}": self.standard_error}
+
+
+def paired_z(rows: Tensor | None, other: Tensor | None) -> float:
+    """How many standard errors the mean of ``rows − other`` is above 0: the same start states and model noise
+    (common random numbers) make the paired difference far less noisy than either Ĵ. nan when unknown."""
+    if rows is None or other is None or rows.shape != other.shape or rows.numel() < 2:
+        return math.nan
+    diff = rows - other
+    se = float(diff.std() / math.sqrt(diff.numel()))
+    mean = float(diff.mean())
+    return mean / se if se > 0 else math.copysign(math.inf, mean) if mean else 0.0
 
 
 @torch.no_grad()
@@ -125,6 +145,7 @@ def am_q(act: ActFn, dynamics: Dynamics, critics: Critics, start_histories: Tens
     left_at = torch.full((rows,), -1, device=device)  # the step a row left the support at
     total = total_raw = 0.0
     inside = clipped = 0
+    row_total = torch.zeros(rows, dtype=torch.float64, device=device)
     for t in range(horizon):
         obs = hist[:, -1]
         action = act(hist)
@@ -134,6 +155,7 @@ def am_q(act: ActFn, dynamics: Dynamics, critics: Critics, start_histories: Tens
         alive = alive & ~leaving
         q_raw = critics.q_value(normalize(obs), action)[alive]
         q = q_raw.clamp(support.q_low, support.q_high)
+        row_total[alive] += q.double()
         total, total_raw = total + float(q.sum()), total_raw + float(q_raw.sum())
         inside, clipped = inside + int(alive.sum()), clipped + int((q != q_raw).sum())
         alive = alive & ~done
@@ -144,11 +166,13 @@ def am_q(act: ActFn, dynamics: Dynamics, critics: Critics, start_histories: Tens
         hist = torch.cat([hist[:, 1:], nxt[:, None]], dim=1)
     # every row counts `horizon` pairs: inside the support, then 0 after a fall, or the floor after leaving
     after_leaving = int((horizon - left_at[left_at >= 0]).sum())
+    row_total += torch.where(left_at >= 0, (horizon - left_at).double() * support.q_floor, 0.0)
     total, total_raw = total + support.q_floor * after_leaving, total_raw + support.q_floor * after_leaving
     pairs = rows * horizon
     value, raw = total / pairs, total_raw / pairs
     plausible = math.isfinite(raw) and support.q_low <= raw <= support.q_high
-    return AmQ(value, raw, inside / pairs, clipped / max(1, inside), plausible, float((left_at >= 0).double().mean()))
+    return AmQ(value, raw, inside / pairs, clipped / max(1, inside), plausible, float((left_at >= 0).double().mean()),
+               row_total / horizon)
 
 
 def head_act_fn(policy: MultiSeedPolicy, head: nn.Module, index: int) -> ActFn:
@@ -208,6 +232,20 @@ def select_sub_policy(amq_best: list[float], plausible: list[bool], warm_nll: li
     return {"selected": best, "method": "imitation-fallback", "warnings": [message]}
 
 
+def separation(amq_best: list[float], rows: list[Tensor | None], selected: int) -> dict:
+    """How far AM-Q puts the selected sub-policy above the runner-up: Ĵ's standard errors and the paired z of
+    the two (below ~2 the offline ranking of the pair is within AM-Q's start-state noise)."""
+    def finite(x: float) -> float | None:  # summary.json is strict JSON
+        return x if math.isfinite(x) else None
+
+    se = [finite(AmQ(v, v, 1.0, 0.0, True, row_values=r).standard_error) for v, r in zip(amq_best, rows, strict=True)]
+    others = [i for i in range(len(amq_best)) if i != selected]
+    if not others:
+        return {"amq_se": se}
+    runner_up = max(others, key=lambda i: amq_best[i])
+    return {"amq_se": se, "runner_up": runner_up, "runner_up_z": finite(paired_z(rows[selected], rows[runner_up]))}
+
+
 class BPPOTrainer(Trainer):
     """BPPO of sub-policy ``index`` as the loop sees it: one step = one clipped-ratio update against π_old;
     every ``ope_every`` steps AM-Q scores the head, a better plausible Ĵ is accepted (π_old ← π) and the
@@ -242,15 +280,17 @@ class BPPOTrainer(Trainer):
         """AM-Q of the current head; accepted when plausible and better than the best so far."""
         i, best = self.index, self.best
         j = self.last = self.evaluate(i, self.head)
-        accepted = j.plausible and (not best["plausible"][i] or j.value > best["amq"][i])
+        gain_z = paired_z(j.row_values, best["rows"][i])  # nan when the accepted head's rows are unknown
+        better = j.value > best["amq"][i] and not gain_z < self.cfg.accept_z
+        accepted = j.plausible and (not best["plausible"][i] or better)
         self.implausible += not j.plausible
         if accepted:
-            best["amq"][i], best["plausible"][i] = j.value, True
+            best["amq"][i], best["plausible"][i], best["rows"][i] = j.value, True, j.row_values
             self.old.load_state_dict(self.head.state_dict())
             best["heads"][i] = copy.deepcopy(self.head.state_dict())
         self.clip *= self.cfg.clip_decay
         loss = next(iter(losses.values()))
-        return {**j.metrics(i), f"accepted_{i}": float(accepted), f"loss_{i}": float(loss)}
+        return {**j.metrics(i), f"amq_gain_z_{i}": gain_z, f"accepted_{i}": float(accepted), f"loss_{i}": float(loss)}
 
     def postfix(self, row: dict[str, float]) -> dict[str, str]:
         return {"amq": f"{row[f'amq_{self.index}']:.4g}", "best": f"{self.best['amq'][self.index]:.4g}"}
@@ -264,7 +304,8 @@ class BPPOTrainer(Trainer):
     def state_dict(self) -> dict:
         return {"head": self.head.state_dict(), "old": self.old.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "seed": self.index, "amq_best": self.best["amq"],
-                "best_plausible": self.best["plausible"], "best_heads": self.best["heads"], "clip": self.clip,
+                "best_plausible": self.best["plausible"], "best_heads": self.best["heads"],
+                "best_rows": self.best["rows"], "clip": self.clip,
                 "implausible": self.implausible}
 
     def load_state_dict(self, state: dict) -> None:
@@ -314,15 +355,17 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
         for i, r in enumerate(raw):
             run.log(PHASE, 0, **r.metrics(i))
         amq_raw, raw_ok, raw_unclipped = [r.value for r in raw], [r.plausible for r in raw], [r.unclipped for r in raw]
+        raw_rows = [r.row_values for r in raw]
         run.save_checkpoint(f"{PHASE}_cache", {
             **snapshot(gen), "base": base_all, "ope_idx": ope_idx, "heads": [h.state_dict() for h in policy.heads],
             "amq_raw": amq_raw, "amq_raw_plausible": raw_ok, "amq_raw_unclipped": raw_unclipped,
-            "warm_nll": warm_nll})
+            "amq_raw_rows": raw_rows, "warm_nll": warm_nll})
     else:
         base_all, ope_idx, amq_raw = cached["base"].to(ctx.device), cached["ope_idx"], cached["amq_raw"]
         # a cache written before plausibility was checked: its values are taken as they are
         raw_ok, warm_nll = cached.get("amq_raw_plausible", [True] * n), cached.get("warm_nll", [0.0] * n)
         raw_unclipped = cached.get("amq_raw_unclipped", amq_raw)
+        raw_rows = cached.get("amq_raw_rows", [None] * n)
         for h, s in zip(policy.heads, cached["heads"], strict=True):
             h.load_state_dict(s)
         restore(cached, gen)
@@ -332,13 +375,13 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
                      "it is not selected on") for i in range(n) if not raw_ok[i]]
 
     best = {"heads": [copy.deepcopy(h.state_dict()) for h in policy.heads], "amq": list(amq_raw),
-            "plausible": list(raw_ok)}
+            "plausible": list(raw_ok), "rows": list(raw_rows)}
     world, first_seed = ctx.world, 0
     progress = run.load_checkpoint(f"{PHASE}_progress" + (f"_rank{world.rank}" if world.parallel else ""))
     if progress is not None:  # sub-policies before the checkpoint's are done: their best is in it
         first_seed = progress["seed"]
         best.update(heads=progress["best_heads"], amq=progress["amq_best"],
-                    plausible=progress.get("best_plausible", [True] * n))
+                    plausible=progress.get("best_plausible", [True] * n), rows=progress.get("best_rows", [None] * n))
     run.collect_rows()  # in a torchrun run: this rank's BPPO rows go to rank 0 with the results
     for i in (i for i in range(first_seed, n) if world.owns(i)):
         stream = gen
@@ -357,6 +400,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
     amq_best, best_ok = best["amq"], best["plausible"]
     selection = select_sub_policy(amq_best, best_ok, warm_nll)
     selection["warnings"] = warnings + selection["warnings"]
+    selection.update(separation(amq_best, best["rows"], selection["selected"]))
     selection.update(amq_plausible=best_ok, amq_raw_plausible=raw_ok, support={
         "disagreement": support.disagreement, "q_low": support.q_low, "q_high": support.q_high,
         "q_floor": support.q_floor})
@@ -371,12 +415,13 @@ def gather_sub_policies(ctx: PhaseContext, best: dict, warnings: list[str]) -> l
     """Every rank's trained sub-policies (accepted heads, Ĵ, plausibility), their warnings and metric rows,
     merged on every rank; rank 0 writes the other ranks' rows."""
     world, n = ctx.world, len(best["amq"])
-    mine = {i: (best["heads"][i], best["amq"][i], best["plausible"][i]) for i in range(n) if world.owns(i)}
+    mine = {i: (best["heads"][i], best["amq"][i], best["plausible"][i], best["rows"][i]) for i in range(n)
+            if world.owns(i)}
     parts = world.gather_objects((mine, warnings, ctx.run.take_pending_rows()))
     merged: list[str] = []
     for owned, rank_warnings, rows in parts:
-        for i, (heads, amq, ok) in owned.items():
-            best["heads"][i], best["amq"][i], best["plausible"][i] = heads, amq, ok
+        for i, (heads, amq, ok, amq_rows) in owned.items():
+            best["heads"][i], best["amq"][i], best["plausible"][i], best["rows"][i] = heads, amq, ok, amq_rows
         merged += [w for w in rank_warnings if w not in merged]
         ctx.run.log_rows(rows)
     return merged

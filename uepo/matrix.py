@@ -34,6 +34,8 @@ VARIANTS = {
     "no-divergence": ["--no-divergence"],
     # AM-Q from 256 start states (the paper protocol's count; bench has 64): phases A–C reused, D rerun
     "ope-states-256": ["--improve.ope_states", "256"],
+    # BPPO heads accepted only when AM-Q's paired gain clears 2 standard errors: phases A–C reused, D rerun
+    "accept-z-2": ["--improve.accept_z", "2"],
     # Uni-O4's selection (top-k by AM-Q, then a few real episodes each): phases A–C reused, D rerun
     "amq-topk-online": ["--selection", "amq-topk-online"],
 }

@@ -68,7 +68,7 @@ class PretrainConfig:
     time_dim: int = f(32, "sinusoidal step-embedding size")
     ema: float = f(0.995, "EMA decay of the sampling copy")
     seq_kl: bool = f(True, "use the sequence-level KL term -α·mean min(R_i, κ) in L_B")
-    alpha: float = f(0.001, "α: weight of the sequence-level KL term")
+    alpha: float = f(1e-4, "α: weight of the sequence-level KL term (1e-3 cost medium-replay imitation, RESULTS 0a)")
     sigma_seq: float = f(0.1, "σ_seq of the Gaussian sequence densities in R_i")
     kappa: float = f(1.0, "κ: cap of each R_i")
     seq_kl_form: str = f("closed", "R_i form: closed (KL between sub-policies) or data (literal, ablation)")

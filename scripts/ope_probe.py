@@ -7,13 +7,18 @@ policy's value is estimated by several rules on the run's own critics and T̂, f
 states and dynamics noise:
 
 - ``amq``: uepo's AM-Q (phase D's ``am_q``, with its support rules), horizon as in the run;
-- ``amq-h500``: the same, 500 model steps;
+- ``amq-h500``, ``amq-h1000``: the same, 500 or 1000 model steps;
 - ``amq-vote``: AM-Q where a row falls only when most elites, each from its own mean next state,
   predict the fall (the sampled member's state still moves the row);
 - ``amq-mean``: AM-Q rolled on the elites' mean prediction (no sampled member, no noise);
 - ``mbr``: the model's discounted return, Σ_t γ^t r̂_t + γ^H V(s_H), a fall ends it, leaving the
   support adds γ^t × the data's lowest Q;
-- ``q1``: no model at all, the mean Q_τ(s, π(s)) over the start states.
+- ``q1``: no model at all, the mean Q_τ(s, π(s)) over the start states;
+- ``real``: AM-Q's criterion with the true dynamics: the real env is set to each start state
+  (qpos from the observation, x = 0) and stepped, so the rest of AM-Q is unchanged. Where it ranks
+  well and ``amq`` does not, T̂ is what fails; where both fail, the criterion does. ``real-h1000``:
+  the same for 1000 steps (the length of an evaluation episode); ``real-return``: the real env's
+  discounted return from the start states, Σ_t γ^t r_t + γ^H V(s_H) (``mbr`` on the true dynamics).
 
 Prints Spearman's ρ between each estimate and the real scores over the 2n policies, and the regret
 of picking the arg max (best real score − real score of the pick). ``--json`` keeps every number.
@@ -28,6 +33,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,6 +79,25 @@ def mean_dynamics(dyn: Dynamics) -> Dynamics:
     clone = Dynamics(model, terminal, dyn.metrics, dyn.holdout_disagreement)
     clone.step_with_disagreement = step_with_disagreement  # type: ignore[method-assign]
     return clone
+
+
+class RealDynamics:
+    """The real env in T̂'s place: one MuJoCo env per start state, set to it, stepped in lockstep."""
+
+    def __init__(self, env_spec, starts: Tensor):
+        self.envs = [gym.make(env_spec).unwrapped for _ in range(starts.shape[0])]
+        for env, obs in zip(self.envs, starts[:, -1].double().numpy(), strict=True):
+            env.reset(seed=0)
+            nq = env.model.nq
+            env.set_state(np.concatenate([[0.0], obs[:nq - 1]]), obs[nq - 1:])
+
+    def step_with_disagreement(self, obs: Tensor, action: Tensor, gen: torch.Generator):
+        nxt, reward, done = [], [], []
+        for env, a in zip(self.envs, action.double().numpy(), strict=True):
+            o, r, terminated, _, _ = env.step(np.clip(a, -1, 1))
+            nxt.append(o), reward.append(r), done.append(terminated)
+        nxt_t = torch.as_tensor(np.stack(nxt), dtype=obs.dtype)
+        return nxt_t, torch.as_tensor(reward, dtype=obs.dtype), torch.as_tensor(done), torch.zeros(obs.shape[0])
 
 
 @torch.no_grad()
@@ -122,11 +148,17 @@ def probe(root: Path, state_counts: list[int], rules: list[str], draws: list[int
     norm, gamma = data.normalize, cfg.critics.gamma
 
     def estimate(rule: str, act: Callable, starts: Tensor) -> float:
-        if rule == "amq-h500":
-            return am_q(act, dyn, critics, starts, 500, norm, support).value
+        if rule in ("amq-h500", "amq-h1000"):
+            return am_q(act, dyn, critics, starts, int(rule[5:]), norm, support).value
         if rule in ("amq", "amq-vote", "amq-mean"):
             model = {"amq": dyn, "amq-vote": vote_dynamics(dyn), "amq-mean": mean_dynamics(dyn)}[rule]
             return am_q(act, model, critics, starts, horizon, norm, support).value
+        if rule in ("real", "real-h1000"):
+            length = horizon if rule == "real" else 1000
+            return am_q(act, RealDynamics(data.env_spec, starts), critics, starts, length, norm, support).value
+        if rule == "real-return":
+            return model_return(act, RealDynamics(data.env_spec, starts), critics, starts, horizon, gamma, norm,
+                                support)
         if rule == "mbr":
             return model_return(act, dyn, critics, starts, horizon, gamma, norm, support)
         return one_step_q(act, critics, starts, norm, support)

@@ -20,7 +20,7 @@ import torch
 
 from uepo import envs
 from uepo.config import OnlineConfig
-from uepo.nets import ValueNet
+from uepo.nets import ResidualGaussianHead, ValueNet
 from uepo.phases import online
 from uepo.policy import MultiSeedPolicy, policy_config
 from uepo.runs import NonFiniteLossError, Run, seed_everything
@@ -279,3 +279,16 @@ def test_value_warmup_trains_only_the_critic_first(tmp_path):
     head = {k[len("heads.1."):]: v for k, v in bundle["policy"]["state_dict"].items() if k.startswith("heads.1.")}
     assert all(torch.equal(head[k], v) for k, v in agent["head"].items())
     assert not all(torch.equal(bundle["value"]["state_dict"][k], v) for k, v in agent["value"].items())
+
+
+def test_init_std_sets_the_heads_acting_std_in_every_state_and_keeps_its_mean():
+    head = ResidualGaussianHead(5, 3, hidden=16, layers=2)
+    obs, base = torch.randn(32, 5), torch.rand(32, 3) * 2 - 1
+    mean_before, log_std_before = head(obs, base)
+    head.reset_std(0.1)
+    mean, log_std = head(obs, base)
+    assert torch.equal(mean, mean_before) and not torch.allclose(log_std, log_std_before)
+    assert torch.allclose(log_std.exp(), torch.full_like(log_std, 0.1), rtol=1e-5)
+    assert all(p.requires_grad for p in head.log_std_layer.parameters())
+    with pytest.raises(ValueError, match="std must be in"):
+        head.reset_std(2.0)

@@ -155,6 +155,7 @@ class OnlineConfig:
     freeze_backbone: bool = f(True, "keep the diffusion backbone frozen")
     refit_value: bool = f(True, "refit V_τ on scaled rewards before PPO when reward_scale != 1")
     value_warmup_steps: int = f(0, "first env steps in which only V learns (the actor waits for a fitted critic)")
+    init_std: float = f(0.0, "the head's acting std at the start of phase E, the same in every state (0: phase D's)")
     eval_every: int = f(10_000, "env steps between deterministic evaluations")
     eval_episodes: int = f(10, "episodes per evaluation")
     checkpoint_every: int = f(10_000, "env steps between resumable checkpoints")
@@ -328,6 +329,9 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--selection must be amq or amq-topk-online, got {cfg.improve.selection!r}")
     if not 0.0 <= cfg.improve.ope_start_fraction <= 1.0 or cfg.improve.ope_start_steps < 1:
         raise ValueError("--improve.ope_start_fraction must be in [0, 1] and --improve.ope_start_steps >= 1")
+    if not (cfg.online.init_std == 0 or math.exp(-5) < cfg.online.init_std < 1):
+        raise ValueError("--online.init_std must be 0 (keep phase D's std) or in (0.0067, 1), "
+                         f"got {cfg.online.init_std}")
     if not (math.isfinite(cfg.improve.accept_z) and cfg.improve.accept_z >= 0):
         raise ValueError(f"--improve.accept_z must be a finite number >= 0 (0: accept any AM-Q gain), "
                          f"got {cfg.improve.accept_z}")

@@ -198,6 +198,16 @@ class ResidualGaussianHead(nn.Module):
         mean, log_std = self(obs, base_action)
         return torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1)
 
+    @torch.no_grad()
+    def reset_std(self, std: float) -> None:
+        """Make the std ``std`` in every state (the log-std layer's weights zeroed, its bias set); it stays
+        learnable. The mean is untouched."""
+        if not math.exp(LOG_STD_MIN) < std < math.exp(LOG_STD_MAX):
+            raise ValueError(f"std must be in (e^{LOG_STD_MIN}, e^{LOG_STD_MAX}), got {std}")
+        u = (math.log(std) - LOG_STD_MIN) / (0.5 * (LOG_STD_MAX - LOG_STD_MIN)) - 1
+        self.log_std_layer.weight.zero_()
+        self.log_std_layer.bias.fill_(math.atanh(u))
+
 
 class GaussianBCPolicy(nn.Module):
     """Uni-O4's behaviour-cloning member: tanh-squashed mean of a_t given the state history.

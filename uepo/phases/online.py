@@ -92,6 +92,8 @@ class OnlineAgent:
                  robot: str | None = None):
         self.policy, self.selected, self.value = policy, selected, value
         self.head = policy.heads[selected]
+        if cfg.init_std > 0:  # a resumed run loads its own head over this
+            self.head.reset_std(cfg.init_std)
         self.train_backbone = not cfg.freeze_backbone
         policy.denoiser.requires_grad_(self.train_backbone)
         self.actor_params = list(self.head.parameters())

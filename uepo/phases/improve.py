@@ -99,10 +99,7 @@ class AmQ:
 
     @property
     def standard_error(self) -> float:
-        """Ĵ's standard error over the start states (nan without per-row values)."""
-        if self.row_values is None or self.row_values.numel() < 2:
-            return math.nan
-        return float(self.row_values.std() / math.sqrt(self.row_values.numel()))
+        return standard_error(self.row_values)
 
     def metrics(self, i: int) -> dict[str, float]:
         return {f"amq_{i}": self.value, f"amq_unclipped_{i}": self.unclipped,
@@ -111,15 +108,23 @@ class AmQ:
                 f"amq_se_{i}": self.standard_error}
 
 
+def standard_error(rows: Tensor | None) -> float:
+    """The standard error of the mean of per-start-state values (nan when unknown)."""
+    if rows is None or rows.numel() < 2:
+        return math.nan
+    return float(rows.std() / math.sqrt(rows.numel()))
+
+
 def paired_z(rows: Tensor | None, other: Tensor | None) -> float:
     """How many standard errors the mean of ``rows − other`` is above 0: the same start states and model noise
     (common random numbers) make the paired difference far less noisy than either Ĵ. nan when unknown."""
-    if rows is None or other is None or rows.shape != other.shape or rows.numel() < 2:
+    if rows is None or other is None or rows.shape != other.shape:
         return math.nan
     diff = rows - other
-    se = float(diff.std() / math.sqrt(diff.numel()))
-    mean = float(diff.mean())
-    return mean / se if se > 0 else math.copysign(math.inf, mean) if mean else 0.0
+    mean, se = float(diff.mean()), standard_error(diff)
+    if se > 0 or math.isnan(se):
+        return mean / se
+    return math.copysign(math.inf, mean) if mean else 0.0  # identical rows up to a constant
 
 
 @torch.no_grad()
@@ -238,7 +243,7 @@ def separation(amq_best: list[float], rows: list[Tensor | None], selected: int) 
     def finite(x: float) -> float | None:  # summary.json is strict JSON
         return x if math.isfinite(x) else None
 
-    se = [finite(AmQ(v, v, 1.0, 0.0, True, row_values=r).standard_error) for v, r in zip(amq_best, rows, strict=True)]
+    se = [finite(standard_error(r)) for r in rows]
     others = [i for i in range(len(amq_best)) if i != selected]
     if not others:
         return {"amq_se": se}

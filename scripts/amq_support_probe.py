@@ -12,22 +12,16 @@ and 4× that maximum. Prints Spearman's ρ between AM-Q and the real scores over
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
 import torch
+from ope_probe import load_finished_run  # this folder's, on sys.path when the script runs
 
-from uepo.cli import run_config
-from uepo.data import load_offline_data
 from uepo.evaluate import rank_correlation
-from uepo.phases import PhaseContext, sample_indices
-from uepo.phases.critics import train_critics
-from uepo.phases.dynamics import train_dynamics
-from uepo.phases.improve import AMQ_NOISE_SEED, Support, head_act_fn, improve, raw_act_fn
-from uepo.phases.pretrain import pretrain
-from uepo.runs import Run
+from uepo.phases import sample_indices
+from uepo.phases.improve import AMQ_NOISE_SEED, Support
 
 
 @torch.no_grad()
@@ -55,18 +49,10 @@ def amq(act, dyn, critics, data, support: Support, starts, threshold: float, aft
 
 
 def probe(root: Path, ope_states: list[int], start_seeds: list[int], rule_names: list[str] | None) -> None:
-    cfg = run_config(root)
-    data = load_offline_data(cfg.dataset)
-    run = Run(root, resume=True, tensorboard=False)
-    ctx = PhaseContext(run, cfg, data, torch.device("cpu"), progress=False)
-    critics, pre = train_critics(ctx), pretrain(ctx)  # all load from the run's checkpoints
-    dyn = train_dynamics(ctx, pre.policy)
-    imp = improve(ctx, pre.policy, critics, dyn)
-    scores = json.loads((root / "summary.json").read_text())["scores"]
-    real = scores["raw"] + scores["improved"]
-    n = pre.policy.num_seeds
-    acts = [raw_act_fn(pre.policy, i) for i in range(n)] + \
-           [head_act_fn(imp.policy, imp.policy.heads[i], i) for i in range(n)]
+    fin = load_finished_run(root)
+    cfg, data, critics, dyn, scores, real, acts = (fin.cfg, fin.data, fin.critics, fin.dynamics, fin.scores, fin.real,
+                                                   fin.acts)
+    n = fin.policy.num_seeds
     support = Support.of(data, dyn, critics, cfg.critics.gamma, cfg.improve.ope_state_margin, 1.0)
     horizon = cfg.improve.ope_horizon or 200
     rules = [("never", math.inf, "zero"), ("1x floor", 1, "floor"), ("1x zero", 1, "zero"), ("1x hold", 1, "hold"),
@@ -76,7 +62,7 @@ def probe(root: Path, ope_states: list[int], start_seeds: list[int], rule_names:
     rules = [r for r in rules if rule_names is None or r[0] in rule_names]
     for states, start_seed in ((s, k) for s in ope_states for k in start_seeds):
         idx = sample_indices(data.size, states, torch.Generator().manual_seed(cfg.seed * 1000 + 4242 + start_seed))
-        starts = data.histories(idx, pre.policy.history)
+        starts = data.histories(idx, fin.policy.history)
         for name, factor, after in rules:
             values = [amq(a, dyn, critics, data, support, starts, factor * support.disagreement, after, horizon)
                       for a in acts]
@@ -85,7 +71,6 @@ def probe(root: Path, ope_states: list[int], start_seeds: list[int], rule_names:
             best = int(torch.tensor(values[n:]).argmax()) == int(torch.tensor(real[n:]).argmax())
             print(f"  {states:>4} states (draw {start_seed})  {name:<9} ρ {rho_text:>5}  "
                   f"picks best improved: {best}  AM-Q {[round(v, 1) for v in values]}", flush=True)
-    run.close()
 
 
 def main() -> int:

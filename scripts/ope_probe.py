@@ -31,6 +31,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
@@ -39,13 +40,15 @@ import torch
 from torch import Tensor
 
 from uepo.cli import run_config
-from uepo.data import load_offline_data
+from uepo.config import Config
+from uepo.data import OfflineData, load_offline_data
 from uepo.evaluate import rank_correlation
 from uepo.phases import PhaseContext, sample_indices
-from uepo.phases.critics import train_critics
+from uepo.phases.critics import Critics, train_critics
 from uepo.phases.dynamics import Dynamics, train_dynamics
 from uepo.phases.improve import AMQ_NOISE_SEED, Support, am_q, head_act_fn, improve, raw_act_fn
 from uepo.phases.pretrain import pretrain
+from uepo.policy import MultiSeedPolicy
 from uepo.runs import Run
 
 
@@ -128,7 +131,20 @@ def one_step_q(act: Callable, critics, starts: Tensor, normalize: Callable, supp
     return float(critics.q_value(normalize(starts[:, -1]), act(starts)).clamp(support.q_low, support.q_high).mean())
 
 
-def probe(root: Path, state_counts: list[int], rules: list[str], draws: list[int]) -> dict:
+@dataclass
+class FinishedRun:
+    cfg: Config
+    data: OfflineData
+    critics: Critics
+    dynamics: Dynamics
+    policy: MultiSeedPolicy  # phase B's (raw sub-policies)
+    scores: dict  # summary.json's
+    acts: list[Callable]  # the raw sub-policies, then the improved ones
+    real: list[float]  # their real-env scores, in that order
+
+
+def load_finished_run(root: Path) -> FinishedRun:
+    """A finished run's phases A–D, loaded from its checkpoints, and its 2n policies with their real scores."""
     cfg = run_config(root)
     data = load_offline_data(cfg.dataset)
     run = Run(root, resume=True, tensorboard=False)
@@ -138,10 +154,16 @@ def probe(root: Path, state_counts: list[int], rules: list[str], draws: list[int
     imp = improve(ctx, pre.policy, critics, dyn)
     run.close()
     scores = json.loads((root / "summary.json").read_text())["scores"]
-    real = scores["raw"] + scores["improved"]
     n = pre.policy.num_seeds
     acts = [raw_act_fn(pre.policy, i) for i in range(n)] + \
            [head_act_fn(imp.policy, imp.policy.heads[i], i) for i in range(n)]
+    return FinishedRun(cfg, data, critics, dyn, pre.policy, scores, acts, scores["raw"] + scores["improved"])
+
+
+def probe(root: Path, state_counts: list[int], rules: list[str], draws: list[int]) -> dict:
+    fin = load_finished_run(root)
+    cfg, data, critics, dyn, scores, real, acts = (fin.cfg, fin.data, fin.critics, fin.dynamics, fin.scores, fin.real,
+                                                   fin.acts)
     support = Support.of(data, dyn, critics, cfg.critics.gamma, cfg.improve.ope_state_margin,
                          cfg.improve.ope_support_factor)
     horizon = cfg.improve.ope_horizon or 200
@@ -169,7 +191,7 @@ def probe(root: Path, state_counts: list[int], rules: list[str], draws: list[int
           f"{[round(x, 1) for x in scores['improved']]}", flush=True)
     for states, draw, name in ((s, d, r) for s in state_counts for d in draws for r in rules):
         idx = sample_indices(data.size, states, torch.Generator().manual_seed(cfg.seed * 1000 + 4242 + draw))
-        starts = data.histories(idx, pre.policy.history)
+        starts = data.histories(idx, fin.policy.history)
         values = [estimate(name, a, starts) for a in acts]
         name = f"{name}@{states}#{draw}"
         rho = rank_correlation(values, real)

@@ -292,3 +292,21 @@ def test_init_std_sets_the_heads_acting_std_in_every_state_and_keeps_its_mean():
     assert all(p.requires_grad for p in head.log_std_layer.parameters())
     with pytest.raises(ValueError, match="std must be in"):
         head.reset_std(2.0)
+
+
+def test_learn_std_false_keeps_the_acting_std_and_trains_the_mean(tmp_path):
+    """online.learn_std False with init_std: the head acts with that std for the whole phase."""
+    bundle = tiny_bundle()
+    offline_head = {k[len("heads.1."):]: v for k, v in bundle["policy"]["state_dict"].items()
+                    if k.startswith("heads.1.")}
+    expected = ResidualGaussianHead(11, 3, hidden=32, layers=2)
+    expected.load_state_dict(offline_head)
+    expected.reset_std(0.2)
+    cfg = tiny_config(env_steps=512, eval_episodes=0, init_std=0.2, learn_std=False)
+    run = Run(tmp_path / "run", tensorboard=False)
+    online.run_online(run, cfg, bundle, seed=0, progress=False)
+    run.close()
+    trained = torch.load(tmp_path / "run" / "checkpoints" / "online.pt", weights_only=False)["agent"]["head"]
+    std_keys = [k for k in trained if k.startswith("log_std_layer.")]
+    assert std_keys and all(torch.equal(trained[k], expected.state_dict()[k]) for k in std_keys)
+    assert any(not torch.equal(trained[k], offline_head[k]) for k in trained if k not in std_keys)

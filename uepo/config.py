@@ -156,6 +156,8 @@ class OnlineConfig:
     refit_value: bool = f(True, "refit V_τ on scaled rewards before PPO when reward_scale != 1")
     value_warmup_steps: int = f(0, "first env steps in which only V learns (the actor waits for a fitted critic)")
     init_std: float = f(0.0, "the head's acting std at the start of phase E, the same in every state (0: phase D's)")
+    learn_std: bool = f(True, "the head's log-std layer trains (False: it acts with phase D's std, or init_std, "
+                              "for the whole phase)")
     eval_every: int = f(10_000, "env steps between deterministic evaluations")
     eval_episodes: int = f(10, "episodes per evaluation")
     checkpoint_every: int = f(10_000, "env steps between resumable checkpoints")

@@ -96,7 +96,8 @@ class OnlineAgent:
             self.head.reset_std(cfg.init_std)
         self.train_backbone = not cfg.freeze_backbone
         policy.denoiser.requires_grad_(self.train_backbone)
-        self.actor_params = list(self.head.parameters())
+        self.head.requires_grad_(True).log_std_layer.requires_grad_(cfg.learn_std)  # learn_std False: σ stays
+        self.actor_params = [q for q in self.head.parameters() if q.requires_grad]
         if self.train_backbone:
             self.actor_params += list(policy.denoiser.parameters())
         self.lr_actor = cfg.lr_actor or tasks.family(robot).online_lr_actor  # 0: the robot family's

@@ -29,7 +29,6 @@ from uepo.policy import MultiSeedPolicy, policy_config
 from uepo.runs import seed_everything
 
 
-
 @pytest.fixture(scope="module")
 def policy() -> MultiSeedPolicy:
     seed_everything(0)  # the default sizes: residual MLP 256×3, n 4, K_s 10, H 8, T_o 2, head 256×3

@@ -310,3 +310,17 @@ def test_learn_std_false_keeps_the_acting_std_and_trains_the_mean(tmp_path):
     std_keys = [k for k in trained if k.startswith("log_std_layer.")]
     assert std_keys and all(torch.equal(trained[k], expected.state_dict()[k]) for k in std_keys)
     assert any(not torch.equal(trained[k], offline_head[k]) for k in trained if k not in std_keys)
+
+
+def test_spec_3e_restores_the_specs_phase_e_and_names_every_default_that_differs():
+    from uepo.cli import parse_args
+    from uepo.config import SPEC_3E
+
+    spec = SPEC_3E["online"]
+    differs = {name for name, value in spec.items() if getattr(OnlineConfig(), name) != value}
+    assert differs == {"gamma"}, "a phase-E default moved away from SPEC §3E: say so in SPEC_3E's comment and RESULTS"
+    assert (OnlineConfig().gamma, spec["gamma"]) == (0.995, 0.99)
+    cfg = parse_args(["--spec-3e", "--preset", "smoke"])
+    assert all(getattr(cfg.online, name) == value for name, value in spec.items())
+    assert cfg.online.env_steps == 2048  # the preset's budget is kept: the field set changes values, not budgets
+    assert parse_args(["--spec-3e", "--online.gamma", "0.98"]).online.gamma == 0.98  # a field flag still wins

@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from uepo.config import SECTIONS, Config, apply_overrides, load_yaml, preset, validate
+from uepo.config import SECTIONS, SPEC_3E, Config, apply_overrides, load_yaml, preset, validate
 
 # Shorthand flags (the paper's comparisons and ablations) -> overrides.
 SHORTHANDS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -22,6 +22,7 @@ SHORTHANDS: dict[str, tuple[str, dict[str, Any]]] = {
     "--no-seq-kl": ("no sequence-level KL term in L_B", {"pretrain": {"seq_kl": False}}),
     "--no-augmentation": ("no diffusion augmentation of the dynamics data",
                           {"dynamics": {"augmentation": False}}),
+    "--spec-3e": ("phase E at SPEC §3E's values (γ 0.99; the default is 0.995, docs/RESULTS.md 5b)", SPEC_3E),
     "--download": ("let Minari download the dataset", {"download": True}),
     "--resume": ("continue run_dir from its checkpoints", {"resume": True}),
 }

@@ -127,3 +127,23 @@ def test_the_uni_o4_selection_variant_reruns_only_phase_d_and_is_not_a_default(t
     assert cmd[cmd.index("--reuse_from") + 1] == str(job.main_dir) and not job.ready()
     default, _ = sweep.parse(["run", "--datasets", "test/x/y-v0", "--out", str(tmp_path)])
     assert "amq-topk-online" not in default.variants and "main" in default.variants
+
+
+def test_report_of_runs_gathered_from_two_sweeps_where_only_some_seeds_reused_phases(tmp_path):
+    from uepo.matrix import report
+
+    def finished(seed: int, variant: str, reused: dict) -> Job:
+        job = Job("local/hopper/medium-v0", seed, variant, tmp_path, "bench")
+        job.run_dir.mkdir(parents=True)
+        scores = {"selected": 20.0 + seed, "selected_index": 0, "raw": [10.0, 12.0], "improved": [20.0 + seed, 5.0],
+                  "dataset_episodes": 29.2, "selection_report": {"regret": 0.0, "amq_picks_best_improved": True}}
+        summary = {"scores": scores, "timings_s": {"B_pretrain": 300.0 + seed}, **reused}
+        (job.run_dir / "summary.json").write_text(json.dumps(summary))
+        return job
+
+    seed0 = finished(0, "gaussian-ensemble", {"reused": {"from": str(tmp_path / "gone"), "checkpoints": ["dynamics_T0"],
+                                                         "timings_s": {"A_critics": 400.0}}})
+    seed1 = finished(1, "gaussian-ensemble", {})  # the same variant from an earlier sweep that reused nothing
+    table = report([seed0, seed1])
+    assert "| selected, gaussian-ensemble | 20.0 | 21.0 | 20.5 ± 0.7 |" in table
+    assert "| gaussian-ensemble | 2 |" in table.split("Wall time per phase")[1]

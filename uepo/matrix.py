@@ -330,7 +330,8 @@ def report(jobs: list[Job]) -> str:
                 total += 0.0 if reused else avg
                 cell = f"({avg:.0f})" if reused else f"{avg:.0f}"
                 if key == "C_dynamics" and "dynamics_T0" in sums[0].get("reused", {}).get("checkpoints", []):
-                    t0 = [t0_fit_seconds(Path(s["reused"]["from"])) for s in sums]
+                    # seeds of one variant may differ in what they reused (runs gathered from two sweeps)
+                    t0 = [t0_fit_seconds(Path(s["reused"]["from"])) for s in sums if "from" in s.get("reused", {})]
                     t0 = [t for t in t0 if t is not None]
                     cell += f" + ({statistics.mean(t0):.0f} T̂0)" if t0 else " + (T̂0)"
                 cells.append(cell)

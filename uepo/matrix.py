@@ -32,6 +32,7 @@ VARIANTS = {
     # the sequence-KL weight α set explicitly: 1e-4 is today's default, 1e-3 the one before (RESULTS 0a)
     "alpha-1e-4": ["--pretrain.alpha", "1e-4"],
     "alpha-1e-3": ["--pretrain.alpha", "1e-3"],
+    "gaussian-alpha-1e-3": ["--policy", "gaussian-ensemble", "--pretrain.alpha", "1e-3"],  # the BC ensemble's KL too
     "no-divergence": ["--no-divergence"],
     # AM-Q from 256 start states (the paper protocol's count; bench has 64): phases A–C reused, D rerun
     "ope-states-256": ["--improve.ope_states", "256"],

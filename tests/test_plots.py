@@ -76,7 +76,7 @@ def test_compare_online_curves_table_and_figure(tmp_path):
         run.mkdir()
         rows = ["time,phase,step,key,value"] + [f"0,online,{s},eval_score,{v}" for s, v in points]
         (run / "metrics.csv").write_text("\n".join(rows + ["0,online,100,value_loss,1.0"]) + "\n")
-    curves = plots.online_curves({"uepo": tmp_path / "a", "peer": tmp_path / "b"})
+    curves = plots.online_curves({"uepo": [tmp_path / "a"], "peer": [tmp_path / "b"]})
     table = plots.curves_table(curves).splitlines()
     assert table[0] == "| env steps | uepo | peer |"
     assert table[2:5] == ["| 0 | 10.0 | 5.0 |", "| 50 | — | 7.0 |", "| 100 | 20.0 | 6.0 |"]
@@ -84,3 +84,30 @@ def test_compare_online_curves_table_and_figure(tmp_path):
     out = tmp_path / "c.png"
     assert plots.main(["--compare", f"uepo={tmp_path / 'a'}", f"peer={tmp_path / 'b'}", "--out", str(out)]) == 0
     assert out.stat().st_size > 0
+
+
+def test_compare_groups_seeds_into_mean_and_std(tmp_path):
+    """Runs joined by commas are seeds of one label: cells are mean ± sample std, last/best are the
+    mean over seeds of each seed's last and best; a kept eval_curve.csv stands in for metrics.csv."""
+    for name, scores in (("s0", [10.0, 30.0, 20.0]), ("s1", [20.0, 10.0, 40.0])):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "eval_curve.csv").write_text("step,eval_score\n" + "".join(
+            f"{step},{v}\n" for step, v in zip((0, 50, 100), scores, strict=True)))
+    table = plots.curves_table(plots.online_curves({"uepo": [tmp_path / "s0", tmp_path / "s1"]})).splitlines()
+    assert table[0] == "| env steps | uepo (2 seeds) |"
+    assert table[2] == "| 0 | 15.0 ± 7.1 |" and table[3] == "| 50 | 20.0 ± 14.1 |"
+    assert table[5] == "| **last** | 30.0 ± 14.1 |"    # 20 and 40
+    assert table[6] == "| **best** | 35.0 ± 7.1 |"     # 30 and 40
+    out = tmp_path / "band.png"
+    assert plots.main(["--compare", f"uepo={tmp_path / 's0'},{tmp_path / 's1'}", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+
+
+def test_compare_refuses_seeds_evaluated_at_different_steps(tmp_path):
+    for name, step in (("a", 50), ("b", 60)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval_curve.csv").write_text(f"step,eval_score\n0,1.0\n{step},2.0\n")
+    with pytest.raises(ValueError, match="different env steps"):
+        plots.curves_table(plots.online_curves({"x": [tmp_path / "a", tmp_path / "b"]}))
+    assert plots.main(["--compare", f"x={tmp_path / 'a'},{tmp_path / 'b'}", "--out", str(tmp_path / "c.png")]) == 2

@@ -9,9 +9,13 @@
 
     python -m uepo.plots RUN_DIR
     python -m uepo.plots --compare uepo=RUN_A ppo-scratch=RUN_B --out curves.png   # online curves side by side
+    python -m uepo.plots --compare uepo=S0,S1,S2 ppo-scratch=P0,P1,P2 --out curves.png  # mean ± std over seeds
 
 ``--compare`` draws several runs' online evaluation curves in one figure (phase E and its peers,
 ``python -m uepo.baselines``) and prints them as a markdown table, one row per evaluation step.
+Run directories joined by commas are seeds of one label: its line is their mean with a ± std
+band, its cells mean ± std, and its last/best rows the mean over seeds of each seed's last and
+best evaluation. A run directory may hold metrics.csv or only the eval_curve.csv kept in docs/results.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import csv
 import json
 import math
 import re
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -34,6 +39,7 @@ MAX_PANELS = 24  # per phase figure; the rest are listed in the figure's title
 _SUFFIX = re.compile(r"^(.*?)_(\d+)$")
 
 Series = dict[str, list[tuple[int, float]]]  # key -> [(step, value)]
+Curve = list[tuple[int, float]]  # one run's online evaluations: [(env step, score)]
 
 
 def read_metrics(path: Path) -> dict[str, Series]:
@@ -146,29 +152,81 @@ def make_plots(run_dir: str | Path) -> list[Path]:
     return written + ([curve] if curve else [])
 
 
-def online_curves(runs: dict[str, Path]) -> dict[str, list[tuple[int, float]]]:
-    """Label -> the run's online evaluation scores [(env step, score)]."""
-    return {label: sorted(read_metrics(Path(d) / "metrics.csv").get("online", {}).get("eval_score", []))
-            for label, d in runs.items()}
+def read_eval_curve(run_dir: Path) -> Curve:
+    """A run's online evaluation scores [(env step, score)]: from metrics.csv, or from the
+    ``eval_curve.csv`` (step,eval_score) that docs/results keeps in its place."""
+    run_dir = Path(run_dir)
+    kept = run_dir / "eval_curve.csv"
+    if not (run_dir / "metrics.csv").exists() and kept.exists():
+        with open(kept, newline="") as f:
+            return sorted((int(r["step"]), float(r["eval_score"])) for r in csv.DictReader(f))
+    return sorted(read_metrics(run_dir / "metrics.csv").get("online", {}).get("eval_score", []))
 
 
-def curves_table(curves: dict[str, list[tuple[int, float]]]) -> str:
-    """Markdown: one row per evaluation step, one column per run, then the last and best score."""
-    steps = sorted({s for points in curves.values() for s, _ in points})
-    lines = ["| env steps | " + " | ".join(curves) + " |", "|---|" + "---|" * len(curves)]
-    for step in steps:
-        cells = [next((f"{v:.1f}" for s, v in points if s == step), "—") for points in curves.values()]
+def online_curves(runs: dict[str, list[Path]]) -> dict[str, list[Curve]]:
+    """Label -> one evaluation curve per run (seed) under that label."""
+    return {label: [read_eval_curve(Path(d)) for d in dirs] for label, dirs in runs.items()}
+
+
+def seed_band(label: str, seeds: list[Curve]) -> list[tuple[int, float, float]]:
+    """[(env step, mean, std over seeds)] over the evaluations that every seed reached; the seeds
+    of one label must have been evaluated at the same env steps."""
+    seeds = [c for c in seeds if c]
+    if not seeds:
+        return []
+    length = min(len(c) for c in seeds)
+    band = []
+    for i in range(length):
+        steps = {c[i][0] for c in seeds}
+        if len(steps) != 1:
+            raise ValueError(f"the runs of {label!r} were evaluated at different env steps ({sorted(steps)}): "
+                             "group only seeds of one configuration under a label")
+        band.append((seeds[0][i][0], *_mean_std([c[i][1] for c in seeds])))
+    return band
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std over seeds (as the matrix report), 0 for one seed."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _seed_count(seeds: list[Curve]) -> int:
+    return sum(1 for c in seeds if c)
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    """One run: its value; several seeds: mean ± std over them."""
+    return f"{mean:.1f}" if n == 1 else f"{mean:.1f} ± {std:.1f}"
+
+
+def curves_table(curves: dict[str, list[Curve]]) -> str:
+    """Markdown: one row per evaluation step, one column per label (mean ± std over its seeds), then
+    the last evaluation (the headline) and each seed's best, both averaged over the seeds."""
+    bands = {label: {s: (m, sd) for s, m, sd in seed_band(label, seeds)} for label, seeds in curves.items()}
+    counts = {label: _seed_count(seeds) for label, seeds in curves.items()}
+    header = [label if counts[label] < 2 else f"{label} ({counts[label]} seeds)" for label in curves]
+    lines = ["| env steps | " + " | ".join(header) + " |", "|---|" + "---|" * len(curves)]
+    for step in sorted({s for band in bands.values() for s in band}):
+        cells = [_cell(*bands[lb][step], counts[lb]) if step in bands[lb] else "—" for lb in curves]
         lines.append(f"| {step:,} | " + " | ".join(cells) + " |")
-    for name, pick in (("last", lambda p: p[-1][1]), ("best", lambda p: max(v for _, v in p))):
-        lines.append(f"| **{name}** | " + " | ".join(f"{pick(p):.1f}" if p else "—" for p in curves.values()) + " |")
+    for name, pick in (("last", lambda c: c[-1][1]), ("best", lambda c: max(v for _, v in c))):
+        values = [[pick(c) for c in seeds if c] for seeds in curves.values()]
+        lines.append(f"| **{name}** | " + " | ".join(_cell(*_mean_std(v), len(v)) if v else "—" for v in values) + " |")
     return "\n".join(lines)
 
 
-def plot_online_comparison(curves: dict[str, list[tuple[int, float]]], path: Path, title: str = "") -> Path:
+def plot_online_comparison(curves: dict[str, list[Curve]], path: Path, title: str = "") -> Path:
+    """One line per label: its mean over seeds, with a ± std band where it has several."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, points in curves.items():
-        if points:
-            ax.plot(*zip(*points, strict=True), "o-", ms=3, label=label)
+    for label, seeds in curves.items():
+        band, n = seed_band(label, seeds), _seed_count(seeds)
+        if not band:
+            continue
+        steps, means, stds = zip(*band, strict=True)
+        ax.plot(steps, means, "o-", ms=3, label=label if n == 1 else f"{label} (mean ± std of {n} seeds)")
+        if n > 1:
+            ax.fill_between(steps, [m - sd for m, sd in zip(means, stds, strict=True)],
+                            [m + sd for m, sd in zip(means, stds, strict=True)], alpha=0.2)
     return _save_score_figure(fig, ax, title or "online evaluation score", path)
 
 
@@ -192,7 +250,8 @@ def _filename(phase: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m uepo.plots", description="Plot a run's metrics.csv.")
     parser.add_argument("run_dir", nargs="?", help="a run directory (holds metrics.csv)")
-    parser.add_argument("--compare", nargs="+", metavar="LABEL=RUN_DIR", help="online curves of several runs")
+    parser.add_argument("--compare", nargs="+", metavar="LABEL=RUN_DIR[,RUN_DIR...]",
+                        help="online curves of several runs; runs joined by commas are seeds of one label")
     parser.add_argument("--out", type=Path, default=Path("online_curves.png"), help="--compare's figure")
     parser.add_argument("--title", default="", help="--compare's figure title")
     args = parser.parse_args(argv)
@@ -200,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         if any("=" not in c for c in args.compare):
             parser.error("--compare takes LABEL=RUN_DIR pairs, e.g. uepo=runs/a ppo-scratch=runs/b")
         try:
-            curves = online_curves(dict(c.split("=", 1) for c in args.compare))
+            curves = online_curves({label: dirs.split(",") for label, dirs in (c.split("=", 1) for c in args.compare)})
+            table = curves_table(curves)
         except (FileNotFoundError, ValueError) as exc:
             print(f"uepo.plots: {exc}", file=sys.stderr)
             return 2
-        print(curves_table(curves))
+        print(table)
         print(plot_online_comparison(curves, args.out, args.title))
         return 0
     if args.run_dir is None:

@@ -14,18 +14,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.cases import HEADLINE
+from uepo.runs import cpu_model
 
 
 def machine(threads: int) -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {platform.machine()}, torch {torch.__version__}, {threads} thread(s)"
+    return f"{cpu_model()}, {platform.machine()}, torch {torch.__version__}, {threads} thread(s)"
 
 
 def acting_rates(info: dict[str, dict]) -> dict[str, dict]:

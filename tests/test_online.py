@@ -318,8 +318,10 @@ def test_spec_3e_restores_the_specs_phase_e_and_names_every_default_that_differs
 
     spec = SPEC_3E["online"]
     differs = {name for name, value in spec.items() if getattr(OnlineConfig(), name) != value}
-    assert differs == {"gamma"}, "a phase-E default moved away from SPEC §3E: say so in SPEC_3E's comment and RESULTS"
-    assert (OnlineConfig().gamma, spec["gamma"]) == (0.995, 0.99)
+    assert differs == {"gamma", "clip", "lr_actor"}, \
+        "a phase-E default moved away from SPEC §3E: say so in SPEC_3E's comment and RESULTS"
+    assert (OnlineConfig().gamma, spec["gamma"]) == (0.995, 0.99) and (OnlineConfig().clip, spec["clip"]) == (0.2, 0.05)
+    assert OnlineConfig().lr_actor == 0 and spec["lr_actor"] == 2e-5  # 0: by family, 2e-4 for locomotion
     cfg = parse_args(["--spec-3e", "--preset", "smoke"])
     assert all(getattr(cfg.online, name) == value for name, value in spec.items())
     assert cfg.online.env_steps == 2048  # the preset's budget is kept: the field set changes values, not budgets

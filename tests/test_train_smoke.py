@@ -52,6 +52,7 @@ def test_summary_has_scores_timings_and_provenance(smoke_run, tiny_hopper):
     assert set(s["timings_s"]) >= {"online"} and s["online"]["env_steps"] > 0
     prov = s["provenance"]
     assert prov["kernel_backend"] in ("cpu", "cuda", "reference") and prov["torch"] == torch.__version__
+    assert prov["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and prov["cpu"]  # what bit-exactness needs
     assert s["dataset"]["dataset_id"] == tiny_hopper and len(s["dataset"]["content_sha256"]) == 64
     scores = s["scores"]
     assert len(scores["raw"]) == 4 and scores["selected"] is not None and "not comparable" in scores["label"]

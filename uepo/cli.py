@@ -22,7 +22,8 @@ SHORTHANDS: dict[str, tuple[str, dict[str, Any]]] = {
     "--no-seq-kl": ("no sequence-level KL term in L_B", {"pretrain": {"seq_kl": False}}),
     "--no-augmentation": ("no diffusion augmentation of the dynamics data",
                           {"dynamics": {"augmentation": False}}),
-    "--spec-3e": ("phase E at SPEC §3E's values (γ 0.99; the default is 0.995, docs/RESULTS.md 5b)", SPEC_3E),
+    "--spec-3e": ("phase E at SPEC §3E's values (γ 0.99, clip 0.05, lr_actor 2e-5; the defaults are 0.995, 0.2 and "
+                  "2e-4 for locomotion, docs/RESULTS.md 5b and 5d)", SPEC_3E),
     "--download": ("let Minari download the dataset", {"download": True}),
     "--resume": ("continue run_dir from its checkpoints", {"resume": True}),
 }

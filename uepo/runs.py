@@ -30,6 +30,19 @@ class NonFiniteLossError(RuntimeError):
     """A loss or metric became NaN/inf; the message names the phase, step and quantity."""
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or "unknown CPU". Runs reproduce bit for bit only on one
+    CPU kind: another instruction set (AVX2 against AVX-512) takes other kernel paths and rounds
+    differently, so summary.json records it beside torch's dispatch level."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def check_finite(value: Tensor | float, phase: str, step: int, name: str) -> None:
     """Raise ``NonFiniteLossError`` when ``value`` holds a NaN or an infinity."""
     finite = bool(torch.isfinite(value).all()) if isinstance(value, Tensor) else math.isfinite(float(value))

@@ -5,7 +5,7 @@ Families (SPEC §2–§3, Uni-O4's protocol):
 
 | family | robots | dynamics width | H_ope | online lr_actor |
 |---|---|---|---|---|
-| locomotion | hopper, walker2d, halfcheetah | 200 | 200 | 2e-5 |
+| locomotion | hopper, walker2d, halfcheetah | 200 | 200 | 2e-4 (SPEC §3E: 2e-5; docs/RESULTS.md 5d) |
 | adroit | pen, door, hammer, relocate | 400 | 20 | 5e-6 |
 """
 
@@ -42,7 +42,7 @@ class Family:
 
 
 FAMILIES = {
-    "locomotion": Family("locomotion", dynamics_hidden=200, ope_horizon=200, online_lr_actor=2e-5),
+    "locomotion": Family("locomotion", dynamics_hidden=200, ope_horizon=200, online_lr_actor=2e-4),
     "adroit": Family("adroit", dynamics_hidden=400, ope_horizon=20, online_lr_actor=5e-6),
 }
 

@@ -34,7 +34,7 @@ from uepo.phases.online import run_online
 from uepo.phases.pretrain import pretrain
 from uepo.plots import make_plots
 from uepo.reuse import reuse_phases
-from uepo.runs import NonFiniteLossError, Run, seed_everything
+from uepo.runs import NonFiniteLossError, Run, cpu_model, seed_everything
 
 PHASES_RUN = ["A critics (IQL)", "B multi-seed pretraining", "C dynamics + augmentation",
               "D improvement + selection", "evaluation"]
@@ -301,7 +301,8 @@ def _fit_in(run: Run, cfg: Config, data: OfflineData, command: str | None, progr
         provenance={"git_commit": git_commit(), "torch": torch.__version__,
                     "python": platform.python_version(),
                     "kernel_backend": ops.backend(cfg.device), "threads": cfg.threads,
-                    "machine": platform.machine(), "processes": world.size},
+                    "machine": platform.machine(), "cpu": cpu_model(),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "processes": world.size},
         phases_run=done,
         scores_note="local/Minari data: scores are not comparable with D4RL-v2 tables",
     )

@@ -223,10 +223,10 @@ def plot_online_comparison(curves: dict[str, list[Curve]], path: Path, title: st
         if not band:
             continue
         steps, means, stds = zip(*band, strict=True)
-        ax.plot(steps, means, "o-", ms=3, label=label if n == 1 else f"{label} (mean ± std of {n} seeds)")
+        (line,) = ax.plot(steps, means, "o-", ms=3, label=label if n == 1 else f"{label} (mean ± std of {n} seeds)")
         if n > 1:
             ax.fill_between(steps, [m - sd for m, sd in zip(means, stds, strict=True)],
-                            [m + sd for m, sd in zip(means, stds, strict=True)], alpha=0.2)
+                            [m + sd for m, sd in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2)
     return _save_score_figure(fig, ax, title or "online evaluation score", path)
 
 

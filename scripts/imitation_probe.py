@@ -58,6 +58,8 @@ def main() -> int:
     parser.add_argument("--run_dir", required=True)
     parser.add_argument("--temperatures", type=float, nargs="*", default=[1.0])
     parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--as_trained", action="store_true",
+                        help="score phase B's own sub-policies (its seed temperature and τ), as a training run does")
     args, rest = parser.parse_known_args()
     if rest and rest[0] == "--":
         rest = rest[1:]
@@ -72,7 +74,7 @@ def main() -> int:
     train_s = time.perf_counter() - start
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 77)
     states = sample_indices(data.size, 2048, gen)
-    temperatures = args.temperatures if cfg.policy == "diffusion" else [None]
+    temperatures = args.temperatures if cfg.policy == "diffusion" and not args.as_trained else [None]
     with open(Path(args.run_dir) / "probe.jsonl", "a") as out:
         for t in temperatures:
             policy = pre.policy if t is None else redraw(pre.policy, t)
@@ -83,7 +85,8 @@ def main() -> int:
             raw = [evaluate_policy(policy, data.env_spec, i, episodes=args.episodes, raw=True,
                                    seed=evaluation_seed(cfg.seed), ref_min_score=data.ref_min_score,
                                    ref_max_score=data.ref_max_score)["score_mean"] for i in range(policy.num_seeds)]
-            row = {"dataset": cfg.dataset, "seed": cfg.seed, "policy": cfg.policy, "temperature": t,
+            row = {"dataset": cfg.dataset, "seed": cfg.seed, "policy": cfg.policy,
+                   "temperature": policy.seed_temperature if cfg.policy == "diffusion" else None,
                    "tau": policy.tau, "raw": raw, "raw_mean": sum(raw) / len(raw), "raw_best": max(raw),
                    "episodes": args.episodes, "eval_seed": evaluation_seed(cfg.seed),
                    "train_s": round(train_s, 1), "overrides": rest, **stats}

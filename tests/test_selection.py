@@ -223,6 +223,7 @@ def test_rank_correlation_and_regret():
     r = selection_report(1, [0, 0, 0], [3, 2, 1], [10.0, 40.0, 5.0], [20.0, 30.0, 35.0])
     assert r["regret"] == pytest.approx(10.0) and r["regret_vs_improved"] == pytest.approx(5.0)
     assert r["regret_vs_raw"] == pytest.approx(10.0) and not r["amq_picks_best_improved"]
+    assert r["regret_uniform"] == pytest.approx(40.0 - 85.0 / 3)  # best of the pool − mean of the improved
     assert r["amq_rank_correlation"] == pytest.approx(-1.0)
 
 

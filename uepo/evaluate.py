@@ -109,13 +109,17 @@ def selection_report(selected: int, amq_raw: list[float], amq_best: list[float],
     """How well did AM-Q select, measured with real-env scores of every candidate.
 
     regret = (best real score over raw and improved sub-policies) − (selected policy's real score);
-    the rank correlations compare AM-Q with the real scores over sub-policies.
+    regret_uniform = the regret that a pick made uniformly at random among the improved sub-policies
+    has on average (best − their mean): the no-information baseline, so a selection rule is worth its
+    cost only where its regret is below it. The rank correlations compare AM-Q with the real scores
+    over sub-policies.
     """
     out: dict = {"selected_index": selected}
     if improved is not None:
         chosen = improved[selected]
         best_pool = improved + (raw or [])
-        out.update(regret=max(best_pool) - chosen, regret_vs_improved=max(improved) - chosen,
+        out.update(regret=max(best_pool) - chosen, regret_uniform=max(best_pool) - float(np.mean(improved)),
+                   regret_vs_improved=max(improved) - chosen,
                    best_improved_index=int(np.argmax(improved)),
                    amq_picks_best_improved=bool(int(np.argmax(improved)) == selected),
                    amq_rank_correlation=rank_correlation(amq_best, improved))

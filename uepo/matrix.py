@@ -180,6 +180,14 @@ def t0_fit_seconds(source: Path) -> float | None:
     return t0[-1] - b_end[-1] if b_end and t0 else None
 
 
+def uniform_regret(raw: list[float] | None, improved: list[float] | None) -> float | None:
+    """The regret of a uniformly random pick among the improved sub-policies, on average: the
+    no-information baseline of a selection rule (also in newer summaries as ``regret_uniform``)."""
+    if not improved:
+        return None
+    return max(improved + (raw or [])) - statistics.mean(improved)
+
+
 def run_record(job: Job) -> dict:
     """What matrix.json keeps of one finished run."""
     s = job.summary()
@@ -190,6 +198,7 @@ def run_record(job: Job) -> dict:
         "dataset_episodes": sc.get("dataset_episodes"), "raw": sc.get("raw"), "improved": sc.get("improved"),
         "selected": sc.get("selected"), "selected_index": sc.get("selected_index"),
         "selection_method": sc.get("selection_method"), "regret": report.get("regret"),
+        "regret_uniform": uniform_regret(sc.get("raw"), sc.get("improved")),
         "regret_vs_raw": report.get("regret_vs_raw"), "regret_vs_improved": report.get("regret_vs_improved"),
         "amq_rank_correlation": report.get("amq_rank_correlation"),
         "amq_raw_rank_correlation": report.get("amq_raw_rank_correlation"),
@@ -211,7 +220,7 @@ def selection_lines(ds_jobs: list[Job], seeds: list[int]) -> list[str]:
              "sub-policies' real scores (raw: of the raw μⁱ's AM-Q with their scores); ✓ = AM-Q ranked the "
              "best improved sub-policy first:", "",
              "| variant | " + " | ".join(f"seed {s}: regret / ρ / ρ raw" for s in seeds)
-             + " | mean regret | best first |", "|---|" + "---|" * (len(seeds) + 2)]
+             + " | mean regret | a random pick's | best first |", "|---|" + "---|" * (len(seeds) + 3)]
     for variant in VARIANTS:
         recs = {j.seed: run_record(j) for j in ds_jobs if j.variant == variant and j.finished()}
         if not recs or all(r["regret"] is None for r in recs.values()):
@@ -222,9 +231,10 @@ def selection_lines(ds_jobs: list[Job], seeds: list[int]) -> list[str]:
             rho_raw = "—" if r["amq_raw_rank_correlation"] is None else f"{r['amq_raw_rank_correlation']:+.2f}"
             return f"{r['regret']:.1f} / {rho} / {rho_raw}" + (" ✓" if r["amq_picks_best_improved"] else "")
         regrets = [r["regret"] for r in recs.values() if r["regret"] is not None]
+        uniform = [r["regret_uniform"] for r in recs.values() if r["regret_uniform"] is not None]
         firsts = sum(bool(r["amq_picks_best_improved"]) for r in recs.values())
         lines.append(f"| {variant} | " + " | ".join(cell(recs[s]) if s in recs else "—" for s in seeds)
-                     + f" | {mean_std(regrets)} | {firsts} of {len(recs)} |")
+                     + f" | {mean_std(regrets)} | {mean_std(uniform)} | {firsts} of {len(recs)} |")
     return lines
 
 
@@ -256,7 +266,7 @@ def targets_table(jobs: list[Job]) -> list[str]:
         return "—" if v is None else f"{v:.1f}"
 
     lines = ["| dataset | seeds | raw μⁱ: UEPO / Gaussian | selected UEPO | data's own | 1.059 × selected Gaussian "
-             "| mean regret | AM-Q ranks best first |", "|---|---|---|---|---|---|---|---|"]
+             "| mean regret (a random pick's) | AM-Q ranks best first |", "|---|---|---|---|---|---|---|---|"]
     for dataset in dict.fromkeys(j.dataset for j in jobs):
         recs = {v: [run_record(j) for j in jobs if j.dataset == dataset and j.variant == v and j.finished()]
                 for v in ("main", "gaussian-ensemble")}
@@ -267,10 +277,11 @@ def targets_table(jobs: list[Job]) -> list[str]:
         raw_g = avg([statistics.mean(r["raw"]) for r in gauss if r["raw"]])
         sel_u, sel_g = avg([r["selected"] for r in main]), avg([r["selected"] for r in gauss])
         regret = avg([r["regret"] for r in main if r["regret"] is not None])
+        uniform = avg([r["regret_uniform"] for r in main if r["regret_uniform"] is not None])
         firsts = sum(bool(r["amq_picks_best_improved"]) for r in main)
         target_g = None if sel_g is None else 1.059 * sel_g
         lines.append(f"| {dataset} | {len(main)} | {fmt(raw_u)} / {fmt(raw_g)} | {fmt(sel_u)} "
-                     f"| {fmt(main[0]['dataset_episodes'])} | {fmt(target_g)} | {fmt(regret)} "
+                     f"| {fmt(main[0]['dataset_episodes'])} | {fmt(target_g)} | {fmt(regret)} ({fmt(uniform)}) "
                      f"| {firsts} of {len(main)} |")
     return lines
 

@@ -149,7 +149,8 @@ def selection_table(scores: dict, selection: dict, episodes: int) -> str:
                      f"{fmt(scores['amq_selected_candidates'][i], '.4g'):>11}{mark}")
     report = scores.get("selection_report", {})
     lines.append(f"selected sub-policy {scores['selected_index']} ({selection.get('method', 'amq')}): "
-                 f"{fmt(scores.get('selected'))} over {episodes} episodes; regret {fmt(report.get('regret'))}, "
+                 f"{fmt(scores.get('selected'))} over {episodes} episodes; regret {fmt(report.get('regret'))} "
+                 f"(a random pick's: {fmt(report.get('regret_uniform'))}), "
                  f"AM-Q rank correlation {fmt(report.get('amq_rank_correlation'), '.2f')} "
                  f"(raw {fmt(report.get('amq_raw_rank_correlation'), '.2f')})")
     if selection.get("runner_up_z") is not None:

@@ -21,7 +21,7 @@ from uepo.data import load_offline_data
 from uepo.nets import ResidualGaussianHead
 from uepo.phases import PhaseContext
 from uepo.phases.critics import train_critics
-from uepo.phases.dynamics import ensemble_disagreement, termination_fn, train_dynamics
+from uepo.phases.dynamics import augmentation_warnings, ensemble_disagreement, termination_fn, train_dynamics
 from uepo.phases.improve import Support, am_q, head_act_fn, improve, raw_act_fn
 from uepo.phases.pretrain import calibrate_tau, pretrain, sequence_kl
 from uepo.policy import MultiSeedPolicy
@@ -97,6 +97,14 @@ def test_refit_dynamics_holdout_error_not_worse_than_t0_by_5_percent(pipeline):
     m = pipeline["dynamics"].metrics
     assert m["augmented"] > 0 and 0 < m["keep_rate"] <= 1
     assert m["T_holdout_error"] <= 1.05 * m["T0_holdout_error"], m
+    assert augmentation_warnings(m) == []
+
+
+def test_augmentation_warning_names_the_gap_and_the_fix():
+    assert augmentation_warnings({"T0_holdout_error": 0.2, "T_holdout_error": 0.209}) == []
+    assert augmentation_warnings({"T0_holdout_error": 0.2}) == []  # --no-augmentation: no T̂ to compare
+    (message,) = augmentation_warnings({"T0_holdout_error": 0.2, "T_holdout_error": 0.22})
+    assert "10 % worse" in message and "--dynamics.max_updates_per_epoch" in message and "--no-augmentation" in message
 
 
 def test_amq_ranks_the_bc_policy_above_random_actions(pipeline, tmp_path):

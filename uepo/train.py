@@ -28,7 +28,7 @@ from uepo.data import DatasetError, OfflineData, load_offline_data
 from uepo.evaluate import evaluate_policy, selection_report
 from uepo.phases import PhaseContext
 from uepo.phases.critics import train_critics
-from uepo.phases.dynamics import train_dynamics
+from uepo.phases.dynamics import augmentation_warnings, train_dynamics
 from uepo.phases.improve import Improved, improve
 from uepo.phases.online import run_online
 from uepo.phases.pretrain import pretrain
@@ -219,7 +219,7 @@ def run_offline(ctx: PhaseContext, done: list[str]) -> None:
     if evals and None not in (raw or []) + (improved_scores or []):
         scores["selection_report"] = selection_report(improved.selected, improved.amq_raw, improved.amq_best,
                                                       raw, improved_scores)
-    warnings = improved.selection.get("warnings", [])
+    warnings = augmentation_warnings(dynamics.metrics) + improved.selection.get("warnings", [])
     run.update_summary(scores=scores, evaluation=evals, phases_run=done, pretrain=pre.metrics,
                        dynamics=dynamics.metrics, selection=improved.selection, warnings=warnings)
     if evals:

@@ -31,6 +31,7 @@ PHASE = "dynamics"
 LOGVAR_BOUND_PENALTY = 0.01  # pulls the learned log-variance bounds together (MBPO/Uni-O4)
 MAX_HOLDOUT = 5000
 SUPPORT_QUANTILES_LOGGED = (0.9, 0.99)  # of T̂'s disagreement on real hold-out pairs (AM-Q's support)
+AUGMENTED_HOLDOUT_TOLERANCE = 0.05  # SPEC §5: T̂'s hold-out error may exceed T̂0's by at most 5 %
 
 @dataclass
 class Transitions:
@@ -307,6 +308,18 @@ def augment(ctx: PhaseContext, model: DynamicsEnsemble, policy: MultiSeedPolicy,
         out = Transitions(*(getattr(out, f)[:target] for f in
                             ("obs", "actions", "rewards", "next_obs", "terminals", "weight")))
     return out, {"keep_rate": kept / max(1, attempted), "augmented": len(out)}
+
+
+def augmentation_warnings(metrics: dict) -> list[str]:
+    """SPEC §5's check on phase C: the refit on real + generated data must not predict real hold-out
+    transitions worse than T̂0 by more than 5 % (AM-Q and BPPO's gate both use T̂)."""
+    t0, t = metrics.get("T0_holdout_error"), metrics.get("T_holdout_error")
+    if t0 is None or t is None or not t > (1 + AUGMENTED_HOLDOUT_TOLERANCE) * t0:
+        return []
+    return [f"T̂ (refit on real + diffusion-generated data) predicts the real hold-out transitions "
+            f"{100 * (t / t0 - 1):.0f} % worse than T̂0 fitted on real data alone ({t:.4g} vs {t0:.4g}; SPEC allows "
+            f"{100 * AUGMENTED_HOLDOUT_TOLERANCE:.0f} %). AM-Q and BPPO's acceptance use T̂: train the ensembles "
+            "longer (--dynamics.max_updates_per_epoch, --dynamics.max_epochs) or run --no-augmentation."]
 
 
 def train_dynamics(ctx: PhaseContext, policy: MultiSeedPolicy) -> Dynamics:

@@ -204,7 +204,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "critics": {"steps": 25_000, "layers": 2, "log_every": 500, "checkpoint_every": 5000},
         "pretrain": {"steps": 10_000, "lr": 3e-4, "warmup_steps": 500, "kl_batch": 32, "kl_every": 4,
                      "tau_states": 2048, "log_every": 250, "checkpoint_every": 2000},
-        "dynamics": {"max_epochs": 20, "max_updates_per_epoch": 100, "augment_ratio": 1.0,
+        # 400 updates (about one pass over 100k transitions) per epoch: at 100, T̂'s hold-out error was
+        # 33–44 % higher on both robots and BPPO's AM-Q gate accepted worse heads (RESULTS 0c)
+        "dynamics": {"max_epochs": 20, "max_updates_per_epoch": 400, "augment_ratio": 1.0,
                      "patience": 4, "checkpoint_every": 5},
         "improve": {"steps": 2000, "ope_every": 500, "ope_states": 64, "std_warmup_steps": 500,
                     "eval_episodes": 10},

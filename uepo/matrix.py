@@ -34,6 +34,9 @@ VARIANTS = {
     "alpha-1e-3": ["--pretrain.alpha", "1e-3"],
     "gaussian-alpha-1e-3": ["--policy", "gaussian-ensemble", "--pretrain.alpha", "1e-3"],  # the BC ensemble's KL too
     "no-divergence": ["--no-divergence"],
+    # phase C at bench's previous 100 updates per epoch (400 since RESULTS 0c), both policy kinds
+    "dynamics-100": ["--dynamics.max_updates_per_epoch", "100"],
+    "gaussian-dynamics-100": ["--policy", "gaussian-ensemble", "--dynamics.max_updates_per_epoch", "100"],
     # AM-Q from 256 start states (the paper protocol's count; bench has 64): phases A–C reused, D rerun
     "ope-states-256": ["--improve.ope_states", "256"],
     # BPPO heads accepted only when AM-Q's paired gain clears 2 standard errors: phases A–C reused, D rerun

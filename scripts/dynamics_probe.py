@@ -31,7 +31,7 @@ import torch
 from uepo.cli import parse_args
 from uepo.data import load_offline_data
 from uepo.phases import PhaseContext
-from uepo.phases.dynamics import MAX_HOLDOUT, Dynamics, Transitions, fit_ensemble, gaussian_nll_raw, holdout_error
+from uepo.phases.dynamics import Dynamics, fit_ensemble, gaussian_nll_raw, holdout_error, real_split
 from uepo.runs import Run, seed_everything
 from uepo.seeds import phase_seed
 from uepo.tasks import termination_fn
@@ -99,15 +99,9 @@ def main() -> int:
             run = Run(Path(scratch), resume=False, tensorboard=False)
             ctx = PhaseContext(run, cfg, data, torch.device("cpu"), progress=False)
             gen = ctx.generator("dynamics")
-            perm = torch.randperm(data.size, generator=gen)  # phase C's split
-            n_hold = min(MAX_HOLDOUT, max(1, int(cfg.dynamics.holdout_fraction * data.size)))
-
-            def real(idx: torch.Tensor) -> Transitions:
-                return Transitions(data.obs[idx], data.actions[idx], data.rewards[idx], data.next_obs[idx],
-                                   data.terminals[idx], torch.ones(idx.shape[0]))
-            holdout = real(perm[:n_hold])
+            train_set, holdout = real_split(ctx, gen)  # phase C's split
             start = time.perf_counter()
-            model = fit_ensemble(ctx, "T0", real(perm[n_hold:]), holdout, gen)
+            model = fit_ensemble(ctx, "T0", train_set, holdout, gen)
             fit_s = time.perf_counter() - start
             run.close()
         h_obs, h_act, h_tgt = holdout.inputs_targets

@@ -104,6 +104,14 @@ def rank_correlation(x: list[float], y: list[float]) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def uniform_regret(raw: list[float] | None, improved: list[float] | None) -> float | None:
+    """The regret of a uniformly random pick among the improved sub-policies, on average (best real
+    score over raw and improved − the improved ones' mean): a selection rule's no-information baseline."""
+    if not improved:
+        return None
+    return max(improved + (raw or [])) - float(np.mean(improved))
+
+
 def selection_report(selected: int, amq_raw: list[float], amq_best: list[float], raw: list[float] | None,
                      improved: list[float] | None) -> dict:
     """How well did AM-Q select, measured with real-env scores of every candidate.
@@ -118,7 +126,7 @@ def selection_report(selected: int, amq_raw: list[float], amq_best: list[float],
     if improved is not None:
         chosen = improved[selected]
         best_pool = improved + (raw or [])
-        out.update(regret=max(best_pool) - chosen, regret_uniform=max(best_pool) - float(np.mean(improved)),
+        out.update(regret=max(best_pool) - chosen, regret_uniform=uniform_regret(raw, improved),
                    regret_vs_improved=max(improved) - chosen,
                    best_improved_index=int(np.argmax(improved)),
                    amq_picks_best_improved=bool(int(np.argmax(improved)) == selected),

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from uepo.evaluate import uniform_regret
+
 VARIANTS = {
     "main": [],
     "gaussian-ensemble": ["--policy", "gaussian-ensemble"],
@@ -183,14 +185,6 @@ def t0_fit_seconds(source: Path) -> float | None:
     return t0[-1] - b_end[-1] if b_end and t0 else None
 
 
-def uniform_regret(raw: list[float] | None, improved: list[float] | None) -> float | None:
-    """The regret of a uniformly random pick among the improved sub-policies, on average: the
-    no-information baseline of a selection rule (also in newer summaries as ``regret_uniform``)."""
-    if not improved:
-        return None
-    return max(improved + (raw or [])) - statistics.mean(improved)
-
-
 def run_record(job: Job) -> dict:
     """What matrix.json keeps of one finished run."""
     s = job.summary()
@@ -201,7 +195,7 @@ def run_record(job: Job) -> dict:
         "dataset_episodes": sc.get("dataset_episodes"), "raw": sc.get("raw"), "improved": sc.get("improved"),
         "selected": sc.get("selected"), "selected_index": sc.get("selected_index"),
         "selection_method": sc.get("selection_method"), "regret": report.get("regret"),
-        "regret_uniform": uniform_regret(sc.get("raw"), sc.get("improved")),
+        "regret_uniform": uniform_regret(sc.get("raw"), sc.get("improved")),  # summaries before it lack the key
         "regret_vs_raw": report.get("regret_vs_raw"), "regret_vs_improved": report.get("regret_vs_improved"),
         "amq_rank_correlation": report.get("amq_rank_correlation"),
         "amq_raw_rank_correlation": report.get("amq_raw_rank_correlation"),

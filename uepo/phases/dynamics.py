@@ -322,6 +322,19 @@ def augmentation_warnings(metrics: dict) -> list[str]:
             "longer (--dynamics.max_updates_per_epoch, --dynamics.max_epochs) or run --no-augmentation."]
 
 
+def real_split(ctx: PhaseContext, gen: torch.Generator) -> tuple[Transitions, Transitions]:
+    """Phase C's real transitions, (training set, hold-out): the phase generator's first draw, so the
+    same split on resume (and in scripts/dynamics_probe.py)."""
+    data = ctx.data
+    perm = torch.randperm(data.size, generator=gen)
+    n_hold = min(MAX_HOLDOUT, max(1, int(ctx.cfg.dynamics.holdout_fraction * data.size)))
+
+    def real(idx: Tensor) -> Transitions:
+        return Transitions(data.obs[idx], data.actions[idx], data.rewards[idx], data.next_obs[idx],
+                           data.terminals[idx], torch.ones(idx.shape[0], device=ctx.device))
+    return real(perm[n_hold:]), real(perm[:n_hold])
+
+
 def train_dynamics(ctx: PhaseContext, policy: MultiSeedPolicy) -> Dynamics:
     cfg, data, run = ctx.cfg.dynamics, ctx.data, ctx.run
     terminal = termination_fn(data.robot)
@@ -331,20 +344,13 @@ def train_dynamics(ctx: PhaseContext, policy: MultiSeedPolicy) -> Dynamics:
         model = DynamicsEnsemble(data.obs_dim, data.action_dim, cfg.ensemble, hidden, cfg.layers, cfg.elites)
         return model.to(ctx.device)
 
-    def real(idx: Tensor) -> Transitions:
-        return Transitions(data.obs[idx], data.actions[idx], data.rewards[idx], data.next_obs[idx],
-                           data.terminals[idx], torch.ones(idx.shape[0], device=ctx.device))
-
     def finished(model: DynamicsEnsemble, metrics: dict) -> Dynamics:
         with torch.no_grad():
             support = ensemble_disagreement(model, holdout.obs, holdout.actions).sort().values
         return Dynamics(model.eval(), terminal, metrics, support)
 
     gen = ctx.generator(PHASE)
-    perm = torch.randperm(data.size, generator=gen)  # the first draw of the phase: the same split on resume
-    n_hold = min(MAX_HOLDOUT, max(1, int(cfg.holdout_fraction * data.size)))
-    hold_idx, train_idx = perm[:n_hold], perm[n_hold:]
-    real_train, holdout = real(train_idx), real(hold_idx)
+    real_train, holdout = real_split(ctx, gen)
     h_obs, h_act, h_tgt = holdout.inputs_targets
 
     done = run.load_checkpoint(PHASE)

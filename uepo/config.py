@@ -119,6 +119,8 @@ class ImproveConfig:
     accept_z: float = f(0.0, "accept a BPPO head only if its AM-Q gain is this many standard errors of the "
                              "paired per-start-state difference (0: any gain, as Uni-O4)")
     ope_states: int = f(256, "dataset start states of each AM-Q rollout")
+    validate_states: int = f(0, "fresh start states on which each accepted head must beat its raw μⁱ (paired "
+                                "AM-Q), and on which i* is selected; 0: select on the gate's own states (Uni-O4)")
     ope_horizon: int = f(0, "H_ope: AM-Q rollout length; 0: 200 locomotion, 20 Adroit")
     ope_support_factor: float = f(2.0, "a rollout row stops where T̂ disagrees more than this multiple of its "
                                        "largest disagreement on real hold-out pairs (inf: never)")
@@ -348,6 +350,9 @@ def validate(cfg: Config) -> None:
     if not (cfg.online.init_std == 0 or math.exp(-5) < cfg.online.init_std < 1):
         raise ValueError("--online.init_std must be 0 (keep phase D's std) or in (0.0067, 1), "
                          f"got {cfg.online.init_std}")
+    if cfg.improve.validate_states < 0:
+        raise ValueError(f"--improve.validate_states must be >= 0 (0: select on the gate's own start states), "
+                         f"got {cfg.improve.validate_states}")
     if not (math.isfinite(cfg.improve.accept_z) and cfg.improve.accept_z >= 0):
         raise ValueError(f"--improve.accept_z must be a finite number >= 0 (0: accept any AM-Q gain), "
                          f"got {cfg.improve.accept_z}")

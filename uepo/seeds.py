@@ -9,6 +9,7 @@
 | BPPO of sub-policy i, in a torchrun run (its own streams on whichever rank) | 1000·s + 500 + i | |
 | offline evaluation episode j | 1000·s + 100000 + j | disjoint from training |
 | ``amq-topk-online`` selection episode j | 1000·s + 200000 + j | disjoint from the evaluation's |
+| phase D's held-out start states (``improve.validate_states``) | 1000·s + 300000 | apart from the gate's draw |
 | online env k's first reset | 1000·s + k | |
 | online evaluation episode j | 10⁶ + 1000·s + j | the same episodes at every evaluation: a less noisy curve |
 | a peer's fresh networks (``uepo.baselines``) | 1000·s + 7 | |
@@ -23,6 +24,7 @@ PHASE_OFFSETS = {"critics": 1, "pretrain": 2, "dynamics": 3, "improve": 4, "eval
 AMQ_NOISE_SEED = 12345
 EVAL_OFFSET = 100_000
 SELECT_OFFSET = 200_000
+VALIDATE_OFFSET = 300_000
 
 
 def phase_seed(run_seed: int, phase: str) -> int:
@@ -52,6 +54,11 @@ def evaluation_seed(run_seed: int) -> int:
 def selection_seed(run_seed: int) -> int:
     """First reset seed of ``--selection amq-topk-online``'s episodes."""
     return run_seed * 1000 + SELECT_OFFSET
+
+
+def validation_seed(run_seed: int) -> int:
+    """Generator seed of phase D's held-out AM-Q start states (``improve.validate_states``)."""
+    return run_seed * 1000 + VALIDATE_OFFSET
 
 
 def online_env_seeds(run_seed: int, num_envs: int) -> list[int]:

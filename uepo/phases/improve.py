@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from uepo import seeds
+from uepo.config import ImproveConfig
+from uepo.data import OfflineData
 from uepo.phases import BatchSampler, PhaseContext, restore, sample_indices, snapshot
 from uepo.phases.critics import Critics
 from uepo.phases.dynamics import Dynamics
@@ -218,6 +220,17 @@ def warm_start_std(head: nn.Module, obs_n: Tensor, base: Tensor, actions: Tensor
     return nll.item()
 
 
+def start_sampler_of(data: OfflineData, cfg: ImproveConfig) -> BatchSampler:
+    """AM-Q's start states: uniform over the data, or partly episodes' first steps (``ope_start_fraction``)."""
+    return BatchSampler(data, cfg.ope_start_fraction, cfg.ope_start_steps)  # fraction 0: sample_indices
+
+
+def held_out_starts(data: OfflineData, cfg: ImproveConfig, run_seed: int, history: int) -> Tensor:
+    """``validate_states`` start histories drawn as the gate's are, from a stream of their own."""
+    gen = torch.Generator().manual_seed(seeds.validation_seed(run_seed))
+    return data.histories(start_sampler_of(data, cfg)(min(cfg.validate_states, data.size), gen), history)
+
+
 def warn(message: str) -> str:
     """Print a warning that a person must see (the run goes on) and return it for summary.json."""
     print(f"uepo: WARNING: {message}", file=sys.stderr)
@@ -348,8 +361,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
         run.log(PHASE, 0, amq_horizon=horizon, amq_support_disagreement=support.disagreement,
                 amq_q_low=support.q_low, amq_q_high=support.q_high, amq_q_floor=support.q_floor)
         base_all = cache_base_actions(policy, data.cond(torch.arange(data.size), policy.history))
-        start_sampler = BatchSampler(data, cfg.ope_start_fraction, cfg.ope_start_steps)  # 0: sample_indices
-        ope_idx = start_sampler(min(cfg.ope_states, data.size), gen)
+        ope_idx = start_sampler_of(data, cfg)(min(cfg.ope_states, data.size), gen)
         warm_nll = []
         for i in range(n):
             warm_nll.append(warm_start_std(policy.heads[i], obs_n, base_all[:, i], data.actions,
@@ -379,6 +391,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
                      f"[{support.q_low:.4g}, {support.q_high:.4g}] a discounted return on this data can take); "
                      "it is not selected on") for i in range(n) if not raw_ok[i]]
 
+    raw_heads = [copy.deepcopy(h.state_dict()) for h in policy.heads]  # before BPPO (std warm-started)
     best = {"heads": [copy.deepcopy(h.state_dict()) for h in policy.heads], "amq": list(amq_raw),
             "plausible": list(raw_ok), "rows": list(raw_rows)}
     world, first_seed = ctx.world, 0
@@ -400,11 +413,21 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
                                  f"implausible and were not accepted (metrics.csv: improve, amq_unclipped_{i})"))
     if world.parallel:
         warnings = gather_sub_policies(ctx, best, warnings)
+    validation = {}
+    if cfg.validate_states > 0:
+        gate = {"amq_raw": amq_raw, "amq_best": list(best["amq"])}
+        held_out = held_out_starts(data, cfg, ctx.cfg.seed, policy.history)
+        validation = validate_heads(policy, raw_heads, best, lambda i, head: am_q(
+            head_act_fn(policy, head, i), dynamics, critics, held_out, horizon, data.normalize, support))
+        validation.update(states=held_out.shape[0], gate=gate)
+        amq_raw, raw_ok = validation["amq_raw"], validation["amq_raw_plausible"]  # fresh Ĵ of μⁱ: the summary's
     for h, s in zip(policy.heads, best["heads"], strict=True):
         h.load_state_dict(s)
     amq_best, best_ok = best["amq"], best["plausible"]
     selection = select_sub_policy(amq_best, best_ok, warm_nll)
     selection["warnings"] = warnings + selection["warnings"]
+    if validation:
+        selection["validation"] = validation
     selection.update(separation(amq_best, best["rows"], selection["selected"]))
     selection.update(amq_plausible=best_ok, amq_raw_plausible=raw_ok, support={
         "disagreement": support.disagreement, "q_low": support.q_low, "q_high": support.q_high,
@@ -414,6 +437,36 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
     run.save_checkpoint(PHASE, {"policy": policy.state(), "selected": selected, "amq_raw": amq_raw,
                                 "amq_best": amq_best, "selection": selection})
     return Improved(policy, selected, amq_raw, amq_best, selection)
+
+
+def validate_heads(policy: MultiSeedPolicy, raw_heads: list[dict], best: dict,
+                   score: Callable[[int, nn.Module], AmQ]) -> dict:
+    """Each sub-policy's accepted head against its raw μⁱ, both scored by ``score`` on fresh start states.
+
+    The gate accepts a head whenever Ĵ rises on its own start states, so after several tries the accepted
+    Ĵ is the max of noisy estimates and overstates the head (the winner's curse). On states the gate never
+    saw, a head that does not beat its raw μⁱ (paired: the same states and model noise) is dropped for it.
+    ``best`` is updated in place (heads, Ĵ, plausibility, rows: the fresh ones); returns the record."""
+    record: dict[str, list] = {"amq_raw": [], "amq_raw_plausible": [], "amq_improved": [], "kept_improved": []}
+    for i, raw_state in enumerate(raw_heads):
+        head = copy.deepcopy(policy.heads[i])
+        head.load_state_dict(raw_state)
+        raw = score(i, head)
+        accepted = best["heads"][i]
+        changed = any(not torch.equal(raw_state[k], accepted[k]) for k in raw_state)
+        if changed:
+            head.load_state_dict(accepted)
+        improved = score(i, head) if changed else raw
+        keep = changed and improved.plausible and (improved.value > raw.value or not raw.plausible)
+        final = improved if keep else raw
+        if not keep:
+            best["heads"][i] = copy.deepcopy(raw_state)
+        best["amq"][i], best["plausible"][i], best["rows"][i] = final.value, final.plausible, final.row_values
+        record["amq_raw"].append(raw.value)
+        record["amq_raw_plausible"].append(raw.plausible)
+        record["amq_improved"].append(improved.value)
+        record["kept_improved"].append(keep)
+    return record
 
 
 def gather_sub_policies(ctx: PhaseContext, best: dict, warnings: list[str]) -> list[str]:

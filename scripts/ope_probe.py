@@ -141,6 +141,7 @@ class FinishedRun:
     scores: dict  # summary.json's
     acts: list[Callable]  # the raw sub-policies, then the improved ones
     real: list[float]  # their real-env scores, in that order
+    improved: MultiSeedPolicy | None = None  # phase D's (the accepted heads)
 
 
 def load_finished_run(root: Path) -> FinishedRun:
@@ -157,7 +158,8 @@ def load_finished_run(root: Path) -> FinishedRun:
     n = pre.policy.num_seeds
     acts = [raw_act_fn(pre.policy, i) for i in range(n)] + \
            [head_act_fn(imp.policy, imp.policy.heads[i], i) for i in range(n)]
-    return FinishedRun(cfg, data, critics, dyn, pre.policy, scores, acts, scores["raw"] + scores["improved"])
+    return FinishedRun(cfg, data, critics, dyn, pre.policy, scores, acts, scores["raw"] + scores["improved"],
+                       imp.policy)
 
 
 def probe(root: Path, state_counts: list[int], rules: list[str], draws: list[int]) -> dict:

@@ -28,12 +28,12 @@ from uepo.phases.improve import (
     AmQ,
     Support,
     am_q,
+    fresh_amq,
     head_act_fn,
     held_out_starts,
     improve,
     paired_z,
     select_sub_policy,
-    validate_heads,
 )
 from uepo.phases.pretrain import masked_eps_loss, pretrain
 from uepo.policy import MultiSeedPolicy, policy_config
@@ -203,53 +203,54 @@ def test_accept_z_accepts_only_gains_beyond_amq_noise(hopper_phases, tmp_path):
         assert sel["runner_up"] != result.selected and sel["runner_up_z"] is not None and sel["runner_up_z"] >= 0
 
 
-def test_validation_drops_a_head_that_does_not_beat_its_raw_sub_policy_on_fresh_states():
-    """Three sub-policies: 0 was never accepted (scored once), 1's head beats its raw μ¹ on the fresh
-    states (kept), 2's does not (its raw head and fresh Ĵ come back, whatever the gate had said)."""
+def test_fresh_amq_replaces_the_gates_values():
+    """Every sub-policy's accepted head is scored once on the fresh states; its Ĵ, plausibility and rows
+    become those, and the gate's come back for the record."""
     policy = MultiSeedPolicy(policy_config("diffusion", 11, 3, history=2, horizon=4, num_seeds=3, width=16,
                                            num_blocks=1, head_hidden=8, head_layers=1), torch.zeros(11), torch.ones(11))
-    raw_heads = [copy.deepcopy(h.state_dict()) for h in policy.heads]
-    best = {"heads": copy.deepcopy(raw_heads), "amq": [5.0, 9.0, 9.0], "plausible": [True] * 3, "rows": [None] * 3}
-    for i, shift in ((1, 0.5), (2, -0.5)):  # the gate's accepted heads: mean bias moved
-        best["heads"][i]["mean_layer.bias"] = best["heads"][i]["mean_layer.bias"] + shift
+    best = {"heads": [copy.deepcopy(h.state_dict()) for h in policy.heads], "amq": [5.0, 9.0, 9.0],
+            "plausible": [True, True, False], "rows": [None] * 3}
+    best["heads"][1]["mean_layer.bias"] = best["heads"][1]["mean_layer.bias"] + 0.5  # an accepted head
     calls = []
 
     def score(i: int, head) -> AmQ:  # fresh Ĵ: 10·i + the head's mean bias
         calls.append(i)
         value = 10.0 * i + float(head.mean_layer.bias.detach().sum()) / 3
-        return AmQ(value, value, 1.0, 0.0, True, row_values=torch.full((4,), value, dtype=torch.float64))
+        return AmQ(value, value, 1.0, 0.0, i != 0, row_values=torch.full((4,), value, dtype=torch.float64))
 
-    record = validate_heads(policy, raw_heads, best, score)
-    assert calls == [0, 1, 1, 2, 2]
-    assert record["kept_improved"] == [False, True, False]
-    assert record["amq_raw"] == pytest.approx([0.0, 10.0, 20.0])
-    assert record["amq_improved"] == pytest.approx([0.0, 10.5, 19.5])
-    assert best["amq"] == pytest.approx([0.0, 10.5, 20.0])  # the gate's 5, 9, 9 replaced by fresh values
-    assert torch.equal(best["heads"][1]["mean_layer.bias"], raw_heads[1]["mean_layer.bias"] + 0.5)
-    assert all(torch.equal(best["heads"][i][k], raw_heads[i][k]) for i in (0, 2) for k in raw_heads[i])
-    assert float(best["rows"][2].mean()) == pytest.approx(20.0)
+    gate = fresh_amq(policy, best, score)
+    assert calls == [0, 1, 2]
+    assert gate == {"amq": [5.0, 9.0, 9.0], "plausible": [True, True, False]}
+    assert best["amq"] == pytest.approx([0.0, 10.5, 20.0])
+    assert best["plausible"] == [False, True, True]
+    assert float(best["rows"][1].mean()) == pytest.approx(10.5)
 
 
 def test_selection_on_held_out_states(hopper_phases, tmp_path):
-    """``validate_states``: i* is the argmax of Ĵ on start states the gate never saw, every head kept
-    there beats its raw μⁱ, every other head is its raw μⁱ again; the gate's values are kept beside."""
+    """``validate_states``: the same BPPO heads as without it (the gate is untouched), and i* is the arg max
+    of their Ĵ on start states the gate never saw; the gate's values are kept beside."""
     ctx, critics, pre, dynamics = hopper_phases
-    cfg = copy.deepcopy(ctx.cfg)
-    cfg.improve.validate_states = 24
-    result = improve(PhaseContext(Run(tmp_path / "held-out", tensorboard=False), cfg, ctx.data, torch.device("cpu"),
-                                  progress=False), pre.policy, critics, dynamics)
-    record = result.selection["validation"]
-    assert record["states"] == 24 and len(record["gate"]["amq_best"]) == pre.policy.num_seeds
-    assert result.amq_raw == record["amq_raw"]
-    assert result.selected == max(range(len(result.amq_best)), key=result.amq_best.__getitem__)
-    for i, kept in enumerate(record["kept_improved"]):
-        assert result.amq_best[i] == (record["amq_improved"][i] if kept else record["amq_raw"][i])
-        assert not kept or record["amq_improved"][i] > record["amq_raw"][i]
-        if not kept:
-            assert torch.equal(result.policy.heads[i].mean_layer.weight, pre.policy.heads[i].mean_layer.weight)
-    again = held_out_starts(ctx.data, cfg.improve, cfg.seed, pre.policy.history)  # its own stream: reproducible
-    assert torch.equal(again, held_out_starts(ctx.data, cfg.improve, cfg.seed, pre.policy.history))
-    assert not torch.equal(again, held_out_starts(ctx.data, cfg.improve, cfg.seed + 1, pre.policy.history))
+
+    def improve_with(validate_states: int, name: str):
+        cfg = copy.deepcopy(ctx.cfg)
+        cfg.improve.validate_states = validate_states
+        run = Run(tmp_path / name, tensorboard=False)
+        return improve(PhaseContext(run, cfg, ctx.data, torch.device("cpu"), progress=False), pre.policy, critics,
+                       dynamics)
+
+    gate, held = improve_with(0, "gate"), improve_with(24, "held-out")
+    record = held.selection["validation"]
+    assert record["states"] == 24 and record["gate"]["amq"] == gate.amq_best
+    assert held.amq_raw == gate.amq_raw
+    for a, b in zip(gate.policy.heads, held.policy.heads, strict=True):
+        assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert held.amq_best != gate.amq_best  # other states, other values
+    assert held.selected == max(range(len(held.amq_best)), key=held.amq_best.__getitem__)
+    cfg = copy.deepcopy(ctx.cfg.improve)
+    cfg.validate_states = 24
+    starts = held_out_starts(ctx.data, cfg, 0, pre.policy.history)  # the run seed's own stream: reproducible
+    assert starts.shape[0] == 24 and torch.equal(starts, held_out_starts(ctx.data, cfg, 0, pre.policy.history))
+    assert not torch.equal(starts, held_out_starts(ctx.data, cfg, 1, pre.policy.history))
 
 
 @pytest.mark.parametrize("env_id,robot,max_angle", [("Hopper-v5", "hopper", 0.35), ("Walker2d-v5", "walker2d", 1.5)])

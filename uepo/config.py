@@ -119,8 +119,8 @@ class ImproveConfig:
     accept_z: float = f(0.0, "accept a BPPO head only if its AM-Q gain is this many standard errors of the "
                              "paired per-start-state difference (0: any gain, as Uni-O4)")
     ope_states: int = f(256, "dataset start states of each AM-Q rollout")
-    validate_states: int = f(0, "fresh start states on which each accepted head must beat its raw μⁱ (paired "
-                                "AM-Q), and on which i* is selected; 0: select on the gate's own states (Uni-O4)")
+    validate_states: int = f(0, "select i* on AM-Q from this many fresh start states, not the gate's own (whose "
+                                "accepted Ĵ is a max over tries); 0: on the gate's states (Uni-O4)")
     ope_horizon: int = f(0, "H_ope: AM-Q rollout length; 0: 200 locomotion, 20 Adroit")
     ope_support_factor: float = f(2.0, "a rollout row stops where T̂ disagrees more than this multiple of its "
                                        "largest disagreement on real hold-out pairs (inf: never)")

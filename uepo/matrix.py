@@ -43,7 +43,7 @@ VARIANTS = {
     "ope-states-256": ["--improve.ope_states", "256"],
     # BPPO heads accepted only when AM-Q's paired gain clears 2 standard errors: phases A–C reused, D rerun
     "accept-z-2": ["--improve.accept_z", "2"],
-    # each accepted BPPO head checked against its raw μⁱ on 256 fresh start states, i* selected there: A–C reused
+    # i* selected on AM-Q from 256 fresh start states, not the BPPO gate's own: phases A–C reused, D rerun
     "validate-256": ["--improve.validate_states", "256"],
     "gaussian-validate-256": ["--policy", "gaussian-ensemble", "--improve.validate_states", "256"],
     # Uni-O4's selection (top-k by AM-Q, then a few real episodes each): phases A–C reused, D rerun

@@ -153,6 +153,9 @@ def selection_table(scores: dict, selection: dict, episodes: int) -> str:
                  f"(a random pick's: {fmt(report.get('regret_uniform'))}), "
                  f"AM-Q rank correlation {fmt(report.get('amq_rank_correlation'), '.2f')} "
                  f"(raw {fmt(report.get('amq_raw_rank_correlation'), '.2f')})")
+    if "validation" in selection:
+        lines.append(f"the improved sub-policies' AM-Q is from {selection['validation']['states']} fresh start states "
+                     "(--improve.validate_states), the raw ones' from the BPPO gate's")
     if selection.get("runner_up_z") is not None:
         z = selection["runner_up_z"]
         lines.append(f"AM-Q puts it {z:.1f} paired standard errors above sub-policy {selection['runner_up']}"

@@ -391,7 +391,6 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
                      f"[{support.q_low:.4g}, {support.q_high:.4g}] a discounted return on this data can take); "
                      "it is not selected on") for i in range(n) if not raw_ok[i]]
 
-    raw_heads = [copy.deepcopy(h.state_dict()) for h in policy.heads]  # before BPPO (std warm-started)
     best = {"heads": [copy.deepcopy(h.state_dict()) for h in policy.heads], "amq": list(amq_raw),
             "plausible": list(raw_ok), "rows": list(raw_rows)}
     world, first_seed = ctx.world, 0
@@ -415,12 +414,9 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
         warnings = gather_sub_policies(ctx, best, warnings)
     validation = {}
     if cfg.validate_states > 0:
-        gate = {"amq_raw": amq_raw, "amq_best": list(best["amq"])}
         held_out = held_out_starts(data, cfg, ctx.cfg.seed, policy.history)
-        validation = validate_heads(policy, raw_heads, best, lambda i, head: am_q(
-            head_act_fn(policy, head, i), dynamics, critics, held_out, horizon, data.normalize, support))
-        validation.update(states=held_out.shape[0], gate=gate)
-        amq_raw, raw_ok = validation["amq_raw"], validation["amq_raw_plausible"]  # fresh Ĵ of μⁱ: the summary's
+        validation = {"states": held_out.shape[0], "gate": fresh_amq(policy, best, lambda i, head: am_q(
+            head_act_fn(policy, head, i), dynamics, critics, held_out, horizon, data.normalize, support))}
     for h, s in zip(policy.heads, best["heads"], strict=True):
         h.load_state_dict(s)
     amq_best, best_ok = best["amq"], best["plausible"]
@@ -439,34 +435,20 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
     return Improved(policy, selected, amq_raw, amq_best, selection)
 
 
-def validate_heads(policy: MultiSeedPolicy, raw_heads: list[dict], best: dict,
-                   score: Callable[[int, nn.Module], AmQ]) -> dict:
-    """Each sub-policy's accepted head against its raw μⁱ, both scored by ``score`` on fresh start states.
+def fresh_amq(policy: MultiSeedPolicy, best: dict, score: Callable[[int, nn.Module], AmQ]) -> dict:
+    """Ĵ of each sub-policy's accepted head, re-estimated by ``score`` on start states the gate never saw.
 
-    The gate accepts a head whenever Ĵ rises on its own start states, so after several tries the accepted
-    Ĵ is the max of noisy estimates and overstates the head (the winner's curse). On states the gate never
-    saw, a head that does not beat its raw μⁱ (paired: the same states and model noise) is dropped for it.
-    ``best`` is updated in place (heads, Ĵ, plausibility, rows: the fresh ones); returns the record."""
-    record: dict[str, list] = {"amq_raw": [], "amq_raw_plausible": [], "amq_improved": [], "kept_improved": []}
-    for i, raw_state in enumerate(raw_heads):
+    The gate accepts a head whenever Ĵ rises on its own start states, so after several tries a
+    sub-policy's accepted Ĵ is the max of noisy estimates and overstates it (the winner's curse), the
+    more so the more often it was accepted. Selecting on fresh states removes that bias from the ranking.
+    ``best``'s Ĵ, plausibility and rows are replaced in place by the fresh ones; returns the gate's."""
+    gate = {"amq": list(best["amq"]), "plausible": list(best["plausible"])}
+    for i, state in enumerate(best["heads"]):
         head = copy.deepcopy(policy.heads[i])
-        head.load_state_dict(raw_state)
-        raw = score(i, head)
-        accepted = best["heads"][i]
-        changed = any(not torch.equal(raw_state[k], accepted[k]) for k in raw_state)
-        if changed:
-            head.load_state_dict(accepted)
-        improved = score(i, head) if changed else raw
-        keep = changed and improved.plausible and (improved.value > raw.value or not raw.plausible)
-        final = improved if keep else raw
-        if not keep:
-            best["heads"][i] = copy.deepcopy(raw_state)
-        best["amq"][i], best["plausible"][i], best["rows"][i] = final.value, final.plausible, final.row_values
-        record["amq_raw"].append(raw.value)
-        record["amq_raw_plausible"].append(raw.plausible)
-        record["amq_improved"].append(improved.value)
-        record["kept_improved"].append(keep)
-    return record
+        head.load_state_dict(state)
+        fresh = score(i, head)
+        best["amq"][i], best["plausible"][i], best["rows"][i] = fresh.value, fresh.plausible, fresh.row_values
+    return gate
 
 
 def gather_sub_policies(ctx: PhaseContext, best: dict, warnings: list[str]) -> list[str]:

@@ -181,19 +181,20 @@ def test_amq_rows_make_up_j_and_pair_two_policies(hopper_phases):
     assert math.isnan(paired_z(intact.row_values, None))
 
 
+def improve_with(phases, root, **improve_fields):
+    """Phase D on the fixture's phases A–C with some ``improve`` fields changed, in a fresh run directory."""
+    ctx, critics, pre, dynamics = phases
+    cfg = copy.deepcopy(ctx.cfg)
+    apply_overrides(cfg, {"improve": improve_fields})
+    run = Run(root, tensorboard=False)
+    return improve(PhaseContext(run, cfg, ctx.data, torch.device("cpu"), progress=False), pre.policy, critics, dynamics)
+
+
 def test_accept_z_accepts_only_gains_beyond_amq_noise(hopper_phases, tmp_path):
     """With an unreachable margin no BPPO head is accepted (Ĵ stays the raw one); without it some are;
     either way the summary says how far the selected sub-policy is above the runner-up."""
-    ctx, critics, pre, dynamics = hopper_phases
-
-    def improve_with(accept_z: float, name: str):
-        cfg = copy.deepcopy(ctx.cfg)
-        cfg.improve.accept_z = accept_z
-        run = Run(tmp_path / name, tensorboard=False)
-        return improve(PhaseContext(run, cfg, ctx.data, torch.device("cpu"), progress=False), pre.policy, critics,
-                       dynamics)
-
-    free, strict = improve_with(0.0, "free"), improve_with(1e6, "strict")
+    free = improve_with(hopper_phases, tmp_path / "free", accept_z=0.0)
+    strict = improve_with(hopper_phases, tmp_path / "strict", accept_z=1e6)
     assert free.amq_raw == strict.amq_raw
     assert any(b > r for b, r in zip(free.amq_best, free.amq_raw, strict=True))  # the premise: BPPO gains
     assert strict.amq_best == strict.amq_raw
@@ -229,16 +230,9 @@ def test_fresh_amq_replaces_the_gates_values():
 def test_selection_on_held_out_states(hopper_phases, tmp_path):
     """``validate_states``: the same BPPO heads as without it (the gate is untouched), and i* is the arg max
     of their Ĵ on start states the gate never saw; the gate's values are kept beside."""
-    ctx, critics, pre, dynamics = hopper_phases
-
-    def improve_with(validate_states: int, name: str):
-        cfg = copy.deepcopy(ctx.cfg)
-        cfg.improve.validate_states = validate_states
-        run = Run(tmp_path / name, tensorboard=False)
-        return improve(PhaseContext(run, cfg, ctx.data, torch.device("cpu"), progress=False), pre.policy, critics,
-                       dynamics)
-
-    gate, held = improve_with(0, "gate"), improve_with(24, "held-out")
+    ctx, pre = hopper_phases[0], hopper_phases[2]
+    gate = improve_with(hopper_phases, tmp_path / "gate", validate_states=0)
+    held = improve_with(hopper_phases, tmp_path / "held-out", validate_states=24)
     record = held.selection["validation"]
     assert record["states"] == 24 and record["gate"]["amq"] == gate.amq_best
     assert held.amq_raw == gate.amq_raw

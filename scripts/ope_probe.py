@@ -46,7 +46,7 @@ from uepo.evaluate import rank_correlation
 from uepo.phases import PhaseContext, sample_indices
 from uepo.phases.critics import Critics, train_critics
 from uepo.phases.dynamics import Dynamics, train_dynamics
-from uepo.phases.improve import AMQ_NOISE_SEED, Support, am_q, head_act_fn, improve, raw_act_fn
+from uepo.phases.improve import AMQ_NOISE_SEED, Support, am_q, amq_setting, head_act_fn, improve, raw_act_fn
 from uepo.phases.pretrain import pretrain
 from uepo.policy import MultiSeedPolicy
 from uepo.runs import Run
@@ -166,9 +166,7 @@ def probe(root: Path, state_counts: list[int], rules: list[str], draws: list[int
     fin = load_finished_run(root)
     cfg, data, critics, dyn, scores, real, acts = (fin.cfg, fin.data, fin.critics, fin.dynamics, fin.scores, fin.real,
                                                    fin.acts)
-    support = Support.of(data, dyn, critics, cfg.critics.gamma, cfg.improve.ope_state_margin,
-                         cfg.improve.ope_support_factor)
-    horizon = cfg.improve.ope_horizon or 200
+    support, horizon = amq_setting(data, dyn, critics, cfg)  # the run's own (200 steps for locomotion)
     norm, gamma = data.normalize, cfg.critics.gamma
 
     def estimate(rule: str, act: Callable, starts: Tensor) -> float:

@@ -19,8 +19,7 @@ import torch
 from ope_probe import load_finished_run  # scripts/ is sys.path[0] when this runs
 
 from uepo.evaluate import uniform_regret
-from uepo.phases.improve import Support, am_q, fresh_amq, head_act_fn, held_out_starts, select_sub_policy
-from uepo.tasks import family
+from uepo.phases.improve import amq_scorer, amq_setting, fresh_amq, held_out_starts, select_sub_policy
 
 
 def reselect(root: Path, states: int) -> dict:
@@ -28,16 +27,14 @@ def reselect(root: Path, states: int) -> dict:
     data, policy, summary = fin.data, fin.improved, json.loads((root / "summary.json").read_text())
     cfg = copy.deepcopy(fin.cfg.improve)
     cfg.validate_states = states
-    support = Support.of(data, fin.dynamics, fin.critics, fin.cfg.critics.gamma, cfg.ope_state_margin,
-                         cfg.ope_support_factor)
-    horizon = cfg.ope_horizon or family(data.robot).ope_horizon
+    support, horizon = amq_setting(data, fin.dynamics, fin.critics, fin.cfg)
+    score = amq_scorer(policy, fin.dynamics, fin.critics, data, horizon, support)
     held_out = held_out_starts(data, cfg, fin.cfg.seed, policy.history)
     scores, selection = fin.scores, summary["selection"]
     n = policy.num_seeds
     best = {"heads": [h.state_dict() for h in policy.heads], "amq": list(scores["amq_selected_candidates"]),
             "plausible": list(selection.get("amq_plausible", [True] * n)), "rows": [None] * n}
-    gate = fresh_amq(policy, best, lambda i, head: am_q(head_act_fn(policy, head, i), fin.dynamics, fin.critics,
-                                                       held_out, horizon, data.normalize, support))
+    gate = fresh_amq(policy, best, lambda i, head: score(i, head, held_out))
     pick = select_sub_policy(best["amq"], best["plausible"], [0.0] * n)["selected"]
     improved, top = scores["improved"], max(scores["raw"] + scores["improved"])
     return {"run": str(root), "policy": fin.cfg.policy, "states": held_out.shape[0], "gate_amq": gate["amq"],

@@ -239,6 +239,8 @@ def test_selection_on_held_out_states(hopper_phases, tmp_path):
     for a, b in zip(gate.policy.heads, held.policy.heads, strict=True):
         assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     assert held.amq_best != gate.amq_best  # other states, other values
+    # on this fixture the two arg maxes differ (1 on the gate's states, 2 on the fresh ones), so a selection
+    # made on the gate's values fails here
     assert held.selected == max(range(len(held.amq_best)), key=held.amq_best.__getitem__)
     cfg = copy.deepcopy(ctx.cfg.improve)
     cfg.validate_states = 24

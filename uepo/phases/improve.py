@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from uepo import seeds
-from uepo.config import ImproveConfig
+from uepo.config import Config, ImproveConfig
 from uepo.data import OfflineData
 from uepo.phases import BatchSampler, PhaseContext, restore, sample_indices, snapshot
 from uepo.phases.critics import Critics
@@ -220,6 +220,22 @@ def warm_start_std(head: nn.Module, obs_n: Tensor, base: Tensor, actions: Tensor
     return nll.item()
 
 
+def amq_setting(data: OfflineData, dynamics: Dynamics, critics: Critics, cfg: Config) -> tuple[Support, int]:
+    """AM-Q's support (state clip, disagreement stop, Q bounds) and horizon H_ope for a run's config."""
+    imp = cfg.improve
+    support = Support.of(data, dynamics, critics, cfg.critics.gamma, imp.ope_state_margin, imp.ope_support_factor)
+    return support, imp.ope_horizon or family(data.robot).ope_horizon
+
+
+def amq_scorer(policy: MultiSeedPolicy, dynamics: Dynamics, critics: Critics, data: OfflineData, horizon: int,
+               support: Support) -> Callable[[int, nn.Module, Tensor], AmQ]:
+    """(i, head, start histories) -> AM-Q of sub-policy i acting with ``head``: the gate and the
+    held-out selection score with it."""
+    def score(i: int, head: nn.Module, starts: Tensor) -> AmQ:
+        return am_q(head_act_fn(policy, head, i), dynamics, critics, starts, horizon, data.normalize, support)
+    return score
+
+
 def start_sampler_of(data: OfflineData, cfg: ImproveConfig) -> BatchSampler:
     """AM-Q's start states: uniform over the data, or partly episodes' first steps (``ope_start_fraction``)."""
     return BatchSampler(data, cfg.ope_start_fraction, cfg.ope_start_steps)  # fraction 0: sample_indices
@@ -345,15 +361,14 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
 
     seed_everything(phase_seed(ctx.cfg.seed, PHASE))
     gen = ctx.generator(PHASE)
-    horizon = cfg.ope_horizon or family(data.robot).ope_horizon
-    support = Support.of(data, dynamics, critics, ctx.cfg.critics.gamma, cfg.ope_state_margin,
-                         cfg.ope_support_factor)
+    support, horizon = amq_setting(data, dynamics, critics, ctx.cfg)
+    score = amq_scorer(policy, dynamics, critics, data, horizon, support)
     obs_n = data.normalize(data.obs)
     for p in policy.denoiser.parameters():
         p.requires_grad_(False)
 
-    def evaluate(i: int, head: nn.Module) -> AmQ:
-        return am_q(head_act_fn(policy, head, i), dynamics, critics, start_hist, horizon, data.normalize, support)
+    def evaluate(i: int, head: nn.Module) -> AmQ:  # the gate's start states
+        return score(i, head, start_hist)
 
     cached = run.load_checkpoint(f"{PHASE}_cache")
     if cached is None:
@@ -415,8 +430,8 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
     validation = {}
     if cfg.validate_states > 0:
         held_out = held_out_starts(data, cfg, ctx.cfg.seed, policy.history)
-        validation = {"states": held_out.shape[0], "gate": fresh_amq(policy, best, lambda i, head: am_q(
-            head_act_fn(policy, head, i), dynamics, critics, held_out, horizon, data.normalize, support))}
+        validation = {"states": held_out.shape[0],
+                      "gate": fresh_amq(policy, best, lambda i, head: score(i, head, held_out))}
     for h, s in zip(policy.heads, best["heads"], strict=True):
         h.load_state_dict(s)
     amq_best, best_ok = best["amq"], best["plausible"]

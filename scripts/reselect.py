@@ -1,6 +1,12 @@
-"""Phase D's selection replayed on finished runs with ``--improve.validate_states K``.
+"""Phase D's selection replayed on finished runs: ``--improve.validate_states K`` or ``--selection amq-topk-online``.
 
     python scripts/reselect.py RUN_DIR [RUN_DIR ...] [--states 256] [--json out.json]
+    python scripts/reselect.py RUN_DIR [RUN_DIR ...] --topk 2 --episodes 3 [--with_raw] [--json out.json]
+
+With ``--topk`` the shortlist is the run's own AM-Q (the gate's), top k, and each candidate plays
+``--episodes`` real episodes from ``seeds.selection_seed`` (``select_with_episodes``'s; disjoint from the
+evaluation's): the pick a run with ``--selection amq-topk-online --improve.select_topk k`` makes.
+``--with_raw`` also shortlists the raw μ^i (their AM-Q from the same gate states), which a run does not.
 
 The same code as a run with that setting (``held_out_starts``, ``fresh_amq``, ``select_sub_policy``) on the
 run's own accepted BPPO heads, critics and T̂: the gate and BPPO do not depend on the setting, so the pick
@@ -18,8 +24,11 @@ from pathlib import Path
 import torch
 from ope_probe import load_finished_run  # scripts/ is sys.path[0] when this runs
 
-from uepo.evaluate import uniform_regret
+from uepo import seeds
+from uepo.evaluate import evaluate_policy, uniform_regret
 from uepo.phases.improve import amq_scorer, amq_setting, fresh_amq, held_out_starts, select_sub_policy
+from uepo.policy import MultiSeedPolicy
+from uepo.train import top_by_amq
 
 
 def reselect(root: Path, states: int) -> dict:
@@ -44,15 +53,55 @@ def reselect(root: Path, states: int) -> dict:
             "regret_uniform": uniform_regret(scores["raw"], improved)}
 
 
+def reselect_online(root: Path, k: int, episodes: int, with_raw: bool) -> dict:
+    """``amq-topk-online``'s pick on a finished run; candidates i < n are improved, n + i the raw μ^i."""
+    from uepo.cli import run_config
+    from uepo.data import load_offline_data
+
+    cfg, summary = run_config(root), json.loads((root / "summary.json").read_text())
+    data = load_offline_data(cfg.dataset)
+    policy = MultiSeedPolicy.load(root / "checkpoints" / "offline.pt")
+    scores, n = summary["scores"], policy.num_seeds
+    amq = list(scores["amq_selected_candidates"]) + (list(scores["amq_raw"]) if with_raw else [])
+    ok = list(summary["selection"].get("amq_plausible", [True] * n))
+    ok += list(summary["selection"].get("amq_raw_plausible", [True] * n)) if with_raw else []
+    shortlist = top_by_amq(amq, ok, k) or [scores["selected_index"]]
+    returns = {c: evaluate_policy(policy, data.env_spec, c % n, raw=c >= n, episodes=episodes,
+                                  seed=seeds.selection_seed(cfg.seed), dataset_id=data.dataset_id,
+                                  ref_min_score=data.ref_min_score, ref_max_score=data.ref_max_score)["return_mean"]
+               for c in shortlist}
+    pick = max(shortlist, key=lambda c: returns[c])
+    real = scores["improved"] + scores["raw"]  # indexed like the candidates
+    top = max(real)
+    run_pick = scores["selected_index"]
+    return {"run": str(root), "policy": cfg.policy, "topk": k, "episodes": episodes, "with_raw": with_raw,
+            "shortlist": shortlist, "returns": [returns[c] for c in shortlist], "pick": pick,
+            "pick_score": real[pick], "regret": top - real[pick], "run_pick": run_pick,
+            "run_score": real[run_pick], "run_regret": top - real[run_pick],
+            "regret_uniform": uniform_regret(scores["raw"], scores["improved"])}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--states", type=int, default=256, help="--improve.validate_states to replay")
+    parser.add_argument("--topk", type=int, default=0, help="replay amq-topk-online with this k instead")
+    parser.add_argument("--episodes", type=int, default=3, help="--topk: real episodes per candidate")
+    parser.add_argument("--with_raw", action="store_true", help="--topk: shortlist the raw μ^i too")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = []
     for root in args.runs:
+        if args.topk:
+            r = reselect_online(root, args.topk, args.episodes, args.with_raw)
+            results.append(r)
+            print(f"{root}: top-{args.topk} pick {r['pick']} ({r['pick_score']:.1f}, regret {r['regret']:.1f}) of "
+                  f"{r['shortlist']} | AM-Q's pick {r['run_pick']} ({r['run_score']:.1f}, regret "
+                  f"{r['run_regret']:.1f}) | a random pick's regret {r['regret_uniform']:.1f}", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1))
+            continue
         r = reselect(root, args.states)
         results.append(r)
         print(f"{root}: fresh pick {r['pick']} ({r['pick_score']:.1f}, regret {r['regret']:.1f}) | gate's pick "
@@ -62,8 +111,10 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     k = len(results)
-    print(f"\nmean over {k} runs: fresh pick {sum(r['pick_score'] for r in results) / k:.2f} (regret "
-          f"{sum(r['regret'] for r in results) / k:.2f}) | gate's pick {sum(r['run_score'] for r in results) / k:.2f} "
+    name = f"top-{args.topk} pick" if args.topk else "fresh pick"
+    print(f"\nmean over {k} runs: {name} {sum(r['pick_score'] for r in results) / k:.2f} (regret "
+          f"{sum(r['regret'] for r in results) / k:.2f}) | AM-Q's (gate's) pick "
+          f"{sum(r['run_score'] for r in results) / k:.2f} "
           f"(regret {sum(r['run_regret'] for r in results) / k:.2f}) | random pick's regret "
           f"{sum(r['regret_uniform'] for r in results) / k:.2f}")
     return 0

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,3 +217,10 @@ def test_topk_online_selection_is_a_flagged_option_and_the_run_prints_its_select
     assert sel["selected"] in sel["candidates"] and s["scores"]["selection_method"] == "amq-topk-online"
     ranked = sorted(range(4), key=lambda i: -s["scores"]["amq_selected_candidates"][i])
     assert sel["candidates"] == ranked[:2]
+    # scripts/reselect.py --topk replays the same pick from the finished run (the matrix's numbers in RESULTS 0e)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from reselect import reselect_online
+
+    replay = reselect_online(tmp_path / "k", 2, 3, with_raw=False)
+    assert replay["shortlist"] == sel["candidates"] and replay["pick"] == sel["selected"]
+    assert replay["returns"] == pytest.approx(sel["candidate_returns"], rel=0, abs=0)

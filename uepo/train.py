@@ -117,13 +117,17 @@ def evaluate_all(ctx: PhaseContext, policy, selected: int) -> dict:
     return results
 
 
+def top_by_amq(amq: list[float], plausible: list[bool], k: int) -> list[int]:
+    """The k plausible candidates with the highest AM-Q, best first: ``amq-topk-online``'s shortlist."""
+    return sorted((i for i in range(len(amq)) if plausible[i]), key=lambda i: -amq[i])[:k]
+
+
 def select_with_episodes(ctx: PhaseContext, improved: Improved) -> None:
     """Uni-O4's variant (``--selection amq-topk-online``): the top-k plausible sub-policies by AM-Q each
     play a few real episodes (seeds disjoint from the evaluation's) and the best mean return wins."""
     cfg = ctx.cfg.improve
     ok = improved.selection.get("amq_plausible", [True] * len(improved.amq_best))
-    ranked = sorted((i for i in range(len(improved.amq_best)) if ok[i]), key=lambda i: -improved.amq_best[i])
-    candidates = ranked[:cfg.select_topk] or [improved.selected]
+    candidates = top_by_amq(improved.amq_best, ok, cfg.select_topk) or [improved.selected]
     common = _episode_settings(ctx, cfg.select_episodes, seeds.selection_seed(ctx.cfg.seed))
     returns = {i: evaluate_policy(improved.policy, ctx.data.env_spec, i, **common)["return_mean"]
                for i in candidates}

@@ -64,7 +64,7 @@ def _extension():
             cpp_extension.CUDA_HOME = root  # the module read CUDA_HOME at import
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
-    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/acting.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
     defines = [("UEPO_TORCH_VERSION", f'"{torch.__version__}"')]
     cxx = ["-O3", "-fopenmp", "-Wno-psabi"]  # the C++ standard is the one torch asks for
     kwargs = {}

@@ -240,10 +240,19 @@ TORCH_LIBRARY(uepo, m) {
       "multiseed_sample(Tensor cond, Tensor noise, Tensor perturb, Tensor[] weights, "
       "int[] timesteps, float[] alpha_bars, int horizon, float eta, float tau, float eps, "
       "bool return_div) -> (Tensor, Tensor)");
+  m.def(
+      "residual_head(Tensor obs_n, Tensor base, Tensor[] head, float log_std_min, float log_std_max, Tensor z) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "acting_step(Tensor hist, Tensor obs_mean, Tensor obs_std, Tensor noise, Tensor perturb, "
+      "Tensor[] weights, int[] timesteps, float[] alpha_bars, int horizon, float eta, float tau, float eps, "
+      "int seed_index, Tensor[] head, float log_std_min, float log_std_max, Tensor z) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("build_info() -> str", &uepo::build_info);
 }
 
 // Sampling has no gradient: fall through Autograd so outputs simply do not require grad.
 TORCH_LIBRARY_IMPL(uepo, Autograd, m) {
   m.impl("multiseed_sample", torch::CppFunction::makeFallthrough());
+  m.impl("residual_head", torch::CppFunction::makeFallthrough());  // acting only: no gradient either
 }

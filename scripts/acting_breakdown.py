@@ -9,7 +9,10 @@ benchmarks/test_bench_acting.py's default sizes):
 - ``alternate``: the two alternating, nothing else (their sum is the limit of 1 / (1/env + 1/sampler));
 - ``alternate+obs``: the same with the normalisation and the observation copy of a real step;
 - ``head``: the head and the draw alone (``OnlineAgent.action_sampler``);
+- ``step (python)``: sampler, head and draw as ~20 Python calls (``OnlineAgent.acting_step(fused=False)``);
+- ``step (one call)``: the same in one ``uepo::acting_step`` call (what ``_collect`` calls);
 - ``collect``: phase E's whole rollout collection (``_collect``);
+- ``collect (python)``: the same with the Python step;
 - ``threaded``: ``alternate`` with the sampler on a worker thread (Event hand-off), to see whether
   keeping it off the env's core removes the cost of alternating.
 """
@@ -17,6 +20,7 @@ benchmarks/test_bench_acting.py's default sizes):
 from __future__ import annotations
 
 import argparse
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -82,8 +86,12 @@ def main() -> None:
             sampler(policy.normalize(obs).view(1, -1))
             obs = torch.from_numpy(vec.step(a)[0])
 
-    def collect() -> None:
-        _, state["obs"] = _collect(agent, vec, state["obs"], steps, cfg, returns, lengths, [])
+    def collect(use: OnlineAgent) -> None:
+        _, state["obs"] = _collect(use, vec, state["obs"], steps, cfg, returns, lengths, [])
+
+    python_agent = OnlineAgent(policy, 0, agent.value, cfg)
+    python_agent.acting_step = functools.partial(OnlineAgent.acting_step, python_agent, fused=False)
+    one_call, python_step = agent.acting_step(1), python_agent.acting_step(1)
 
     parts: dict[str, Callable[[], None]] = {
         "sampler": lambda: [sampler(c) for c in conds],
@@ -91,20 +99,24 @@ def main() -> None:
         "alternate": lambda: [(sampler(c), vec.step(a)) for c, a in zip(conds, actions, strict=True)],
         "alternate+obs": alternate_with_obs,
         "head": lambda: [draw(c[:, -policy.obs_dim:], c[:, :policy.action_dim]) for c in conds],
-        "collect": collect,
+        "step (python)": lambda: [python_step(h) for h in histories],
+        "step (one call)": lambda: [one_call(h) for h in histories],
+        "collect": lambda: collect(agent),
+        "collect (python)": lambda: collect(python_agent),
         "threaded": lambda: [(threaded(c), vec.step(a)) for c, a in zip(conds, actions, strict=True)],
     }
     best = dict.fromkeys(parts, float("inf"))
     for _ in range(args.rounds):  # interleaved, so that load from other processes hits every part alike
         for name, fn in parts.items():
             start = time.perf_counter()
-            with torch.inference_mode(name != "collect"):  # _collect sets its own modes, as in phase E
+            with torch.inference_mode(not name.startswith("collect")):  # _collect sets its own modes, as in E
                 fn()
             best[name] = min(best[name], time.perf_counter() - start)
     for name, seconds in best.items():
-        print(f"{name:14s} {seconds / steps * 1e3:.3f} ms per env step")
+        print(f"{name:17s} {seconds / steps * 1e3:.3f} ms per env step")
     limit = best["sampler"] + best["env"]
-    print(f"ratio to limit: collect {limit / best['collect']:.2f}, alternate alone {limit / best['alternate']:.2f}")
+    print(f"ratio to limit: collect {limit / best['collect']:.2f} (with the Python step "
+          f"{limit / best['collect (python)']:.2f}), alternate alone {limit / best['alternate']:.2f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from uepo import envs
+from uepo import envs, ops
 from uepo.config import OnlineConfig
 from uepo.nets import ResidualGaussianHead, ValueNet
 from uepo.phases import online
@@ -140,6 +140,34 @@ def test_short_online_run_trains_the_head_only_and_logs_the_curve(tmp_path):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("heads.1.") for k in changed)  # backbone and head 0 frozen
     assert MultiSeedPolicy.from_state(saved["policy"]).act(torch.zeros(1, 2, 11), 1).shape == (1, 3)
+
+
+@pytest.mark.skipif(not ops.compiled_available(), reason="uepo._C not loaded")
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_the_one_call_acting_step_is_the_python_step(num_envs):
+    """uepo::acting_step (what _collect calls) gives the per-call Python step's base (bit for bit), action,
+    mean and scale (within rounding), the same draw from the same generator, and sees the head's in-place
+    updates."""
+    bundle = tiny_bundle()
+    policy = MultiSeedPolicy.from_state(bundle["policy"])
+    agent = online.OnlineAgent(policy, 1, online.load_value(bundle["value"], 11), tiny_config())
+    with torch.no_grad():
+        for p in agent.head.parameters():
+            p.normal_(0, 0.2)  # a trained head: a residual mean and a state-dependent std
+    hist = 2 * torch.randn(num_envs, 2, 11)
+    with torch.inference_mode():
+        one_call, python = agent.acting_step(num_envs), agent.acting_step(num_envs, fused=False)
+        for _ in range(2):
+            seed_everything(5)
+            a = one_call(hist)
+            seed_everything(5)
+            b = python(hist)
+            assert torch.equal(a[0], b[0])
+            for x, y in zip(a[1:], b[1:], strict=True):
+                torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+            assert not torch.equal(a[1], a[2])  # a draw, not the mean
+            for p in agent.head.parameters():
+                p.add_(0.01)  # what an optimiser step does: in place
 
 
 def test_truncated_steps_bootstrap_from_the_final_state(tmp_path):

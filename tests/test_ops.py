@@ -318,6 +318,127 @@ def test_sampler_opcheck():
                               test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
+# (B, n, T_o, d_s, d_a, trunk layers of the head): B = 1 is phase E's single env, 0 layers a linear head
+ACTING_GRID = [(1, 4, 2, 11, 3, 2), (3, 2, 1, 5, 1, 1), (8, 7, 3, 17, 6, 2), (13, 1, 2, 4, 2, 0), (2, 3, 1, 3, 7, 3)]
+LOG_STD = (-5.0, 0.0)
+
+
+def make_acting_problem(B, n, T_o, d_s, d_a, layers, dtype, seed=0):
+    """A sampler problem plus raw histories, a normaliser, a random residual head and draws z."""
+    net, sched, bank, _ = make_problem(B, n, 8, d_a, dtype, cond_dim=T_o * d_s, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    hist = 3 * torch.randn(B, T_o, d_s, generator=g, dtype=dtype) + 1
+    mean, std = torch.randn(d_s, generator=g, dtype=dtype), torch.rand(d_s, generator=g, dtype=dtype) + 0.5
+    sizes = [d_s + d_a] + [16] * layers
+    head = []
+    for d_in, d_out in [*zip(sizes[:-1], sizes[1:], strict=True), (sizes[-1], d_a), (sizes[-1], d_a)]:
+        head += [0.5 * torch.randn(d_out, d_in, generator=g, dtype=dtype), 0.1 * torch.randn(d_out, generator=g,
+                                                                                            dtype=dtype)]
+    z = torch.randn(B, d_a, generator=g, dtype=dtype)
+    tau = tau_between_divergences(net, sched, bank, ((hist - mean) / std).view(B, -1))
+    sampler = (bank.noise, bank.perturb, net.kernel_weights(), list(sched.timesteps), list(sched.alpha_bars), 8,
+               0.1, tau, ops.DIVERGENCE_EPS)
+    return (hist, mean, std, *sampler), head, z
+
+
+def acting_args(problem, seed_index, head, z):
+    return (*problem, seed_index, head, *LOG_STD, z)
+
+
+@compiled
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,n,T_o,d_s,d_a,layers", ACTING_GRID)
+def test_acting_step_matches_reference(B, n, T_o, d_s, d_a, layers, dtype):
+    """The op against its reference with the pure-PyTorch sampler, every seed index."""
+    problem, head, z = make_acting_problem(B, n, T_o, d_s, d_a, layers, dtype)
+    tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-3, atol=2e-4)
+    for i in range(n):
+        fused = ops.acting_step(*acting_args(problem, i, head, z))
+        ops.set_backend("reference")
+        try:
+            ref = ops.acting_step(*acting_args(problem, i, head, z))
+        finally:
+            ops.set_backend("auto")
+        assert [t.shape for t in fused] == [(B, d_a)] * 4
+        for a, b in zip(fused, ref, strict=True):
+            torch.testing.assert_close(a, b, **tol)
+        torch.testing.assert_close(fused[1], fused[2] + z * fused[3], **tol)  # a = mean + scale·z
+        assert fused[3].log().ge(LOG_STD[0] - 1e-6).all() and fused[3].log().le(LOG_STD[1] + 1e-6).all()
+
+
+@compiled
+@pytest.mark.parametrize("B,n,T_o,d_s,d_a,layers", ACTING_GRID[:3])
+def test_acting_step_is_the_reference_calls_made_from_cpp(B, n, T_o, d_s, d_a, layers):
+    """With the compiled sampler in both, the op and ``reference_acting_step`` are the same calls: equal bits."""
+    problem, head, z = make_acting_problem(B, n, T_o, d_s, d_a, layers, torch.float32, seed=4)
+    fused = torch.ops.uepo.acting_step(*acting_args(problem, n - 1, head, z))
+    ref = ops.reference_acting_step(*acting_args(problem, n - 1, head, z))
+    assert all(torch.equal(a, b) for a, b in zip(fused, ref, strict=True))
+
+
+# (B, d_s, d_a, trunk layers, width): B ≤ 16 runs the CPU matvec kernel, B > 16 the ATen/BLAS path
+HEAD_GRID = [(1, 11, 3, 2, 256), (1, 5, 1, 0, 8), (3, 17, 6, 1, 33), (16, 4, 2, 3, 16), (17, 11, 3, 2, 64),
+             (40, 3, 7, 1, 5)]
+
+
+def make_head_problem(B, d_s, d_a, layers, width, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sizes = [d_s + d_a] + [width] * layers
+    head = []
+    for d_in, d_out in [*zip(sizes[:-1], sizes[1:], strict=True), (sizes[-1], d_a), (sizes[-1], d_a)]:
+        head += [torch.randn(d_out, d_in, generator=g, dtype=dtype) / math.sqrt(d_in),
+                 0.1 * torch.randn(d_out, generator=g, dtype=dtype)]
+    obs_n = torch.randn(B, d_s, generator=g, dtype=dtype)
+    base = torch.rand(B, d_a, generator=g, dtype=dtype) * 2 - 1
+    return obs_n, base, head, torch.randn(B, d_a, generator=g, dtype=dtype)
+
+
+@compiled
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,d_s,d_a,layers,width", HEAD_GRID)
+def test_residual_head_matches_reference(B, d_s, d_a, layers, width, dtype):
+    obs_n, base, head, z = make_head_problem(B, d_s, d_a, layers, width, dtype)
+    out = ops.residual_head(obs_n, base, head, *LOG_STD, z)
+    ref = ops.reference_residual_head(obs_n, base, head, *LOG_STD, z)
+    for a, b in zip(out, ref, strict=True):
+        assert a.shape == (B, d_a) and a.dtype == dtype
+        torch.testing.assert_close(a, b, **TOL[dtype])
+    # strided rows (a column slice, as acting_step passes the last state of each history)
+    wide = torch.randn(B, 2, d_s, dtype=dtype)
+    out = ops.residual_head(wide[:, -1], base, head, *LOG_STD, z)
+    ref = ops.reference_residual_head(wide[:, -1].contiguous(), base, head, *LOG_STD, z)
+    for a, b in zip(out, ref, strict=True):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+@compiled
+def test_residual_head_opcheck_and_errors():
+    obs_n, base, head, z = make_head_problem(3, 4, 2, 1, 8, torch.float64)
+    torch.library.opcheck(torch.ops.uepo.residual_head.default, (obs_n, base, head, *LOG_STD, z),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    with pytest.raises(RuntimeError, match=r"layer 0 must be weight \(8, 5\).*got \[8, 6\]"):
+        torch.ops.uepo.residual_head(obs_n[:, :3], base, head, *LOG_STD, z)
+    with pytest.raises(RuntimeError, match="dtype"):
+        torch.ops.uepo.residual_head(obs_n, base, [w.float() for w in head], *LOG_STD, z)
+    with pytest.raises(RuntimeError, match=r"\(weight, bias\) pairs"):
+        torch.ops.uepo.residual_head(obs_n, base, head[:-1], *LOG_STD, z)
+    with pytest.raises(RuntimeError, match="z must be"):
+        torch.ops.uepo.residual_head(obs_n, base, head, *LOG_STD, z[:1])
+
+
+@compiled
+def test_acting_step_opcheck_and_errors():
+    problem, head, z = make_acting_problem(2, 3, 2, 4, 2, 1, torch.float64)
+    torch.library.opcheck(torch.ops.uepo.acting_step.default, acting_args(problem, 1, head, z),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    with pytest.raises(RuntimeError, match="seed_index 3 is not one of the 3 seeds"):
+        torch.ops.uepo.acting_step(*acting_args(problem, 3, head, z))
+    with pytest.raises(RuntimeError, match=r"\(weight, bias\) pairs"):
+        torch.ops.uepo.acting_step(*acting_args(problem, 0, head[:-1], z))
+    with pytest.raises(RuntimeError, match="z must be"):
+        torch.ops.uepo.acting_step(*acting_args(problem, 0, head, z[:1]))
+
+
 def test_denoiser_module_is_the_kernel_function():
     """forward() runs residual_mlp_apply on kernel_weights(), the function the kernel fuses;
     the generic solver path (any module) agrees with the fused path."""
@@ -478,6 +599,35 @@ def test_cuda_sampler_opcheck():
             list(sched.alpha_bars), 4, 0.1, 1.0, 1e-4, True)
     torch.library.opcheck(torch.ops.uepo.multiseed_sample.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,d_s,d_a,layers,width", HEAD_GRID)
+def test_cuda_residual_head_matches_reference(B, d_s, d_a, layers, width, dtype):
+    obs_n, base, head, z = make_head_problem(B, d_s, d_a, layers, width, dtype)
+    ref = ops.reference_residual_head(obs_n, base, head, *LOG_STD, z)
+    out = ops.residual_head(obs_n.cuda(), base.cuda(), [w.cuda() for w in head], *LOG_STD, z.cuda())
+    for a, b in zip(out, ref, strict=True):
+        torch.testing.assert_close(a.cpu(), b, **TOL[dtype])
+    torch.library.opcheck(torch.ops.uepo.residual_head.default,
+                          (obs_n.cuda(), base.cuda(), [w.cuda() for w in head], *LOG_STD, z.cuda()),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_acting_step_matches_reference(dtype):
+    problem, head, z = make_acting_problem(8, 4, 2, 11, 3, 2, dtype)
+    ref = ops.reference_acting_step(*acting_args(problem, 2, head, z))
+    def gpu(t):
+        return t.cuda() if isinstance(t, torch.Tensor) else [gpu(w) for w in t] if isinstance(t, list) else t
+
+    on_gpu = [gpu(t) for t in problem]
+    out = ops.acting_step(*acting_args(on_gpu, 2, [w.cuda() for w in head], z.cuda()))
+    tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-3, atol=2e-4)
+    for a, b in zip(out, ref, strict=True):
+        torch.testing.assert_close(a.cpu(), b, **tol)
 
 
 @cuda

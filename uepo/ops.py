@@ -1,7 +1,9 @@
-"""The two fused ops, their pure-PyTorch references, and the glue that picks one.
+"""The fused ops, their pure-PyTorch references, and the glue that picks one.
 
 ``uepo._C`` registers ``torch.ops.uepo.divergence`` (+ backward) and
-``torch.ops.uepo.multiseed_sample`` with CPU (and, when built, CUDA) kernels. Every op here has a
+``torch.ops.uepo.multiseed_sample`` and ``torch.ops.uepo.residual_head`` with CPU (and, when built,
+CUDA) kernels, and ``torch.ops.uepo.acting_step`` (normalise + sampler + head in one call from Python,
+composed of the others in C++). Every op here has a
 reference written with plain PyTorch ops that computes the same function; the tests compare
 the two on random inputs. When the compiled library is missing or cannot load, ``import uepo``
 warns once with the reason and the fix, and the references serve instead.
@@ -300,6 +302,88 @@ def multiseed_sample(
 
 
 # ---------------------------------------------------------------------------------------------
+# One acting step: normalise, sample, residual head, draw (phase E's per-env-step work)
+# ---------------------------------------------------------------------------------------------
+
+
+def reference_residual_head(obs_n: Tensor, base: Tensor, head: Sequence[Tensor], log_std_min: float,
+                            log_std_max: float, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``residual_head``'s reference: the head's layers as ``nn.Linear`` / ReLU / tanh calls."""
+    h = torch.cat([obs_n, base], dim=-1)
+    trunk = len(head) - 4
+    for w, b in zip(head[:trunk:2], head[1:trunk:2], strict=True):
+        h = torch.nn.functional.linear(h, w, b).relu_()
+    mean = base + torch.tanh(torch.nn.functional.linear(h, head[trunk], head[trunk + 1]))
+    scale = torch.tanh(torch.nn.functional.linear(h, head[trunk + 2], head[trunk + 3])).add_(1).mul_(
+        0.5 * (log_std_max - log_std_min)).add_(log_std_min).exp_()
+    return z.mul(scale).add_(mean), mean, scale
+
+
+def residual_head(obs_n: Tensor, base: Tensor, head: Sequence[Tensor], log_std_min: float, log_std_max: float,
+                  z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The residual Gaussian head φ_i and its draw for B rows, no autograd.
+
+    Args:
+        obs_n: (B, d_s) normalised states; base: (B, d_a) the diffusion actions μ^i_1.
+        head: (weight, bias) pairs in ``nn.Linear`` layout: the trunk's (each followed by ReLU; input
+            [obs_n, base]), then the mean layer's and the log-std layer's.
+        log_std_min, log_std_max: log_std = min + (max − min)(tanh(u) + 1)/2.
+        z: (B, d_a) standard normal draws.
+
+    Returns:
+        action = mean + scale·z, mean = base + tanh(·), scale; each (B, d_a). On the CPU the compiled
+        kernel runs each layer as an in-place matrix-vector product up to 16 rows (sums in another
+        order than BLAS: equal to the reference within rounding).
+    """
+    if not _use_compiled(obs_n):
+        return reference_residual_head(obs_n, base, head, log_std_min, log_std_max, z)
+    return torch.ops.uepo.residual_head(obs_n, base, list(head), float(log_std_min), float(log_std_max), z)
+
+
+def reference_acting_step(
+    hist: Tensor, obs_mean: Tensor, obs_std: Tensor, noise: Tensor, perturb: Tensor, weights: Sequence[Tensor],
+    timesteps: Sequence[int], alpha_bars: Sequence[float], horizon: int, eta: float, tau: float, eps: float,
+    seed_index: int, head: Sequence[Tensor], log_std_min: float, log_std_max: float, z: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``acting_step`` call by call: normalise, ``multiseed_sample``, ``residual_head`` (each the compiled op
+    where it runs, so with the compiled backend this is the op's own sequence of calls)."""
+    cond = (hist - obs_mean) / obs_std
+    chunks, _ = multiseed_sample(cond.view(hist.shape[0], -1), noise, perturb, weights, timesteps, alpha_bars,
+                                 horizon, eta, tau, eps)
+    base = chunks[:, seed_index, 0]
+    return (base, *residual_head(cond[:, -1], base, head, log_std_min, log_std_max, z))
+
+
+def acting_step(
+    hist: Tensor, obs_mean: Tensor, obs_std: Tensor, noise: Tensor, perturb: Tensor, weights: Sequence[Tensor],
+    timesteps: Sequence[int], alpha_bars: Sequence[float], horizon: int, eta: float, tau: float, eps: float,
+    seed_index: int, head: Sequence[Tensor], log_std_min: float, log_std_max: float, z: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sub-policy ``seed_index``'s acting step for B raw state histories, in one call.
+
+    Args:
+        hist: (B, T_o, d_s) raw state histories; obs_mean, obs_std: (d_s,) the frozen normaliser.
+        noise … eps: ``multiseed_sample``'s seed bank, denoiser weights and solver (all n seeds are sampled:
+            the perturbation couples them).
+        head: the residual Gaussian head's (weight, bias) pairs in ``nn.Linear`` layout: the trunk's
+            (each followed by ReLU; input [s_t normalised, μ^i_1]), then the mean layer's and the log-std
+            layer's. log_std = log_std_min + (log_std_max − log_std_min)(tanh(u) + 1)/2.
+        z: (B, d_a) standard normal draws.
+
+    Returns:
+        μ^i_1 (B, d_a), the action mean + scale·z, the mean μ^i_1 + tanh(·), the scale; no autograd
+        through the sampler. The compiled op makes the same calls as the reference, from C++.
+    """
+    if not _use_compiled(hist):
+        return reference_acting_step(hist, obs_mean, obs_std, noise, perturb, weights, timesteps, alpha_bars,
+                                     horizon, eta, tau, eps, seed_index, head, log_std_min, log_std_max, z)
+    return torch.ops.uepo.acting_step(
+        hist, obs_mean, obs_std, noise, perturb, list(weights), [int(t) for t in timesteps],
+        [float(a) for a in alpha_bars], int(horizon), float(eta), float(tau), float(eps), int(seed_index),
+        list(head), float(log_std_min), float(log_std_max), z)
+
+
+# ---------------------------------------------------------------------------------------------
 # Registration: fake (meta) kernels for tracing, torch.compile and opcheck.
 # ---------------------------------------------------------------------------------------------
 
@@ -312,6 +396,10 @@ if compiled_available():  # autograd of uepo::divergence is registered in C++ (c
     @torch.library.register_fake("uepo::divergence_backward")
     def _divergence_backward_fake(grad, chunks, mask, eps):
         return torch.empty_like(chunks)
+
+    @torch.library.register_fake("uepo::residual_head")
+    def _residual_head_fake(obs_n, base, head, log_std_min, log_std_max, z):
+        return base.new_empty(base.shape), base.new_empty(base.shape), base.new_empty(base.shape)
 
     @torch.library.register_fake("uepo::multiseed_sample")
     def _multiseed_sample_fake(cond, noise, perturb, weights, timesteps, alpha_bars, horizon,

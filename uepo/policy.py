@@ -119,14 +119,21 @@ class MultiSeedPolicy(nn.Module):
         backend and the parameter objects stay (in-place weight updates are seen); build it again
         after ``set_tau``.
         """
-        if (self.kind != "diffusion" or self.sampler != "ddim" or not isinstance(self.denoiser, ResidualMLPDenoiser)
-                or ops.backend(self.seed_noise.device) == "reference"):
+        args = self.sampler_op_args()
+        if args is None:
             return lambda cond: self.base_chunks_from_cond(cond)[:, seed_index, 0]
         op = torch.ops.uepo.multiseed_sample.default
-        args = (self.seed_noise, self.seed_perturb, self.denoiser.kernel_weights(),
+        return lambda cond: op(cond, *args, False)[0][:, seed_index, 0]
+
+    def sampler_op_args(self) -> tuple | None:
+        """The compiled sampler's arguments after ``cond`` (noise … eps), built once; None where the sampler
+        does not run as the fused op (Gaussian members, DDPM, the U-Net, the reference backend)."""
+        if (self.kind != "diffusion" or self.sampler != "ddim" or not isinstance(self.denoiser, ResidualMLPDenoiser)
+                or ops.backend(self.seed_noise.device) == "reference"):
+            return None
+        return (self.seed_noise, self.seed_perturb, self.denoiser.kernel_weights(),
                 [int(t) for t in self.steps.timesteps], [float(a) for a in self.steps.alpha_bars],
-                self.horizon, self.eta, self.tau, ops.DIVERGENCE_EPS, False)
-        return lambda cond: op(cond, *args)[0][:, seed_index, 0]
+                self.horizon, self.eta, self.tau, ops.DIVERGENCE_EPS)
 
     def base_chunks(self, obs_history: Tensor, seed_indices: list[int] | None = None) -> Tensor:
         """μ^i (B, n_sel, H, d_a) through uepo.diffusion.multiseed_sample (fused op)."""

@@ -252,6 +252,28 @@ UEPO_CLONES void layernorm(const double* h, int64_t R, int64_t W, const double* 
                            const double* beta, bool mish, double* out) {
   layernorm_impl(h, R, W, gamma, beta, mish, out);
 }
+template <typename T>
+UEPO_INLINE void matvec_impl(const T* W, const T* x, const T* b, int64_t O, int64_t K, T* y) {
+  using V = typename Simd<T>::V;
+  constexpr int L = Simd<T>::L;
+  for (int64_t o = 0; o < O; ++o) {
+    const T* w = W + o * K;
+    V acc = {};
+    int64_t k = 0;
+    for (; k + L <= K; k += L) acc += load<V>(w + k) * load<V>(x + k);
+    T sum = hsum(acc);
+    for (; k < K; ++k) sum += w[k] * x[k];
+    y[o] = sum + b[o];
+  }
+}
+
+UEPO_CLONES void matvec(const float* W, const float* x, const float* b, int64_t O, int64_t K, float* y) {
+  matvec_impl(W, x, b, O, K, y);
+}
+UEPO_CLONES void matvec(const double* W, const double* x, const double* b, int64_t O, int64_t K, double* y) {
+  matvec_impl(W, x, b, O, K, y);
+}
+
 UEPO_CLONES void mish_rows(float* p, int64_t R, int64_t W, int64_t ld) { mish_rows_impl(p, R, W, ld); }
 UEPO_CLONES void mish_rows(double* p, int64_t R, int64_t W, int64_t ld) { mish_rows_impl(p, R, W, ld); }
 

@@ -43,6 +43,7 @@ from uepo.tasks import normalized_score
 
 PHASE = "online"
 CHECKPOINT = "online"
+ActOut = tuple[Tensor, Tensor, Tensor, Tensor]  # μ^{i*}_1, a, the head's mean and scale, each (num_envs, d_a)
 
 
 def reference_scores(env_id: str, dataset_info: dict | None = None) -> tuple[float, float]:
@@ -130,14 +131,9 @@ class OnlineAgent:
         the same generator, in half its time; log π(a|s) is scored after the rollout
         (``gaussian_log_prob``). Build it again after replacing the head's parameter objects.
         """
-        head = self.head
-        layers = list(head.trunk)
-        pairs = list(zip(layers[::2], layers[1::2], strict=False))
-        if len(layers) % 2 or not all(isinstance(a, nn.Linear) and isinstance(b, nn.ReLU) for a, b in pairs):
-            raise TypeError("action_sampler expects the head's trunk to be (Linear, ReLU) pairs, as nets.mlp builds it")
-        trunk = [(lin.weight, lin.bias) for lin, _ in pairs]
-        mean_w, mean_b = head.mean_layer.weight, head.mean_layer.bias
-        std_w, std_b = head.log_std_layer.weight, head.log_std_layer.bias
+        head = self.head_weights()
+        trunk = list(zip(head[:-4:2], head[1:-4:2], strict=True))
+        mean_w, mean_b, std_w, std_b = head[-4:]
         half_range = 0.5 * (LOG_STD_MAX - LOG_STD_MIN)
 
         def draw(obs_n: Tensor, base: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -150,14 +146,41 @@ class OnlineAgent:
 
         return draw
 
-    def acting_step(self, num_envs: int) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]:
+    def head_weights(self) -> list[Tensor]:
+        """The head's parameters as ``uepo::acting_step`` takes them: the trunk's (weight, bias) pairs, then
+        the mean layer's and the log-std layer's (the objects themselves: in-place updates are seen)."""
+        head = self.head
+        layers = list(head.trunk)
+        pairs = list(zip(layers[::2], layers[1::2], strict=False))
+        if len(layers) % 2 or not all(isinstance(a, nn.Linear) and isinstance(b, nn.ReLU) for a, b in pairs):
+            raise TypeError("the acting step expects the head's trunk to be (Linear, ReLU) pairs, as nets.mlp "
+                            "builds it")
+        return [t for lin, _ in pairs for t in (lin.weight, lin.bias)] + [
+            head.mean_layer.weight, head.mean_layer.bias, head.log_std_layer.weight, head.log_std_layer.bias]
+
+    def acting_step(self, num_envs: int, fused: bool = True) -> Callable[[Tensor], ActOut]:
         """Raw histories (num_envs, T_o, d_s) on the policy's device -> (μ^{i*}_1, a, mean, scale): what one
-        env step computes. With ``cuda_graph`` it is replayed from a CUDA graph captured at the first call
-        (the head's and backbone's weights are read in place, so the updates are seen)."""
+        env step computes. Where the sampler is the compiled op, one ``uepo::acting_step`` call: the step
+        below without its ~20 Python calls, and on the CPU with the head's matrix-vector kernel (equal
+        within rounding: its sums run in another order than BLAS's). With ``cuda_graph`` it is replayed from a
+        CUDA graph captured at the first call (the head's and backbone's weights are read in place, so the
+        updates are seen). ``fused=False``: the step below (tests compare the two)."""
         p = self.policy
+        sampler_args = p.sampler_op_args()
+        if fused and sampler_args is not None and not self.cuda_graph:
+            op, head = torch.ops.uepo.acting_step.default, self.head_weights()
+            mean_std, shape, dtype = (p.obs_mean, p.obs_std), (num_envs, p.action_dim), p.obs_mean.dtype
+
+            def one_call(hist: Tensor) -> ActOut:
+                z = torch.randn(shape, dtype=dtype, device=hist.device)  # the step below's randn_like(mean)
+                if hist.dtype != dtype:  # (no .to call when equal: at B = 1 it costs ~1 % of the step)
+                    hist = hist.to(dtype)
+                return op(hist, *mean_std, *sampler_args, self.selected, head, LOG_STD_MIN, LOG_STD_MAX, z)
+
+            return one_call
         base_of, draw = p.base_sampler(self.selected), self.action_sampler()
 
-        def step(hist: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        def step(hist: Tensor) -> ActOut:
             cond = p.normalize(hist)
             base = base_of(cond.view(num_envs, -1))
             return (base, *draw(cond[:, -1], base))
@@ -204,19 +227,24 @@ def _collect(agent: OnlineAgent, vec: Any, obs: np.ndarray, steps: int, cfg: Onl
     n, p = vec.num_envs, agent.policy
     device = p.obs_mean.device  # the envs step on the CPU: one transfer in (the history), one out (the action)
     hist = torch.empty(steps + 1, n, p.history, p.obs_dim)  # raw histories S_0 … S_T, float32, on the CPU
-    hist[0] = torch.from_numpy(obs)
+    # per-step reads and writes through views made once (at B = 1 torch indexing per step cost ~5 % of it)
+    hist_np, hist_t = hist.numpy(), hist.unbind(0)
+    hist_np[0] = obs
     bases, actions, means, scales = [], [], [], []
     rewards = np.zeros((steps, n))
     terminated, truncated = np.zeros((steps, n), dtype=bool), np.zeros((steps, n), dtype=bool)
     finals: list[tuple[int, int, np.ndarray]] = []  # (t, env, final state) where an episode was truncated
+    env_action = np.empty((n, p.action_dim))  # float64, as the envs take it
+    on_cpu = device == hist.device  # else the envs' states go to the policy's device, one transfer per step
     with torch.inference_mode():  # ~5 % of a step at B = 1 over no_grad; writes into `hist` are in place
         act = agent.acting_step(n)
         for t in range(steps):
-            base, action, mean, scale = act(hist[t].to(device))
+            base, action, mean, scale = act(hist_t[t] if on_cpu else hist_t[t].to(device))
             bases.append(base), actions.append(action), means.append(mean), scales.append(scale)
-            env_action = np.clip(action.cpu().numpy(), -1.0, 1.0).astype(np.float64)
+            np.copyto(env_action, action.numpy() if on_cpu else action.cpu().numpy())
+            np.minimum(np.maximum(env_action, -1.0, out=env_action), 1.0, out=env_action)  # np.clip, 3x faster
             obs, rewards[t], terminated[t], truncated[t], info = vec.step(env_action)
-            hist[t + 1] = torch.from_numpy(obs)
+            hist_np[t + 1] = obs
             ep_return += rewards[t]
             ep_length += 1
             for k in np.flatnonzero(terminated[t] | truncated[t]):

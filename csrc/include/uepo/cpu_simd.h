@@ -26,5 +26,9 @@ void layernorm(const double* h, int64_t R, int64_t W, const double* gamma, const
 void mish_rows(float* p, int64_t R, int64_t W, int64_t ld);
 void mish_rows(double* p, int64_t R, int64_t W, int64_t ld);
 
+// y[o] = b[o] + sum_k W[o, k] x[k] for o < O: one row through an nn.Linear layer, W (O, K) contiguous.
+void matvec(const float* W, const float* x, const float* b, int64_t O, int64_t K, float* y);
+void matvec(const double* W, const double* x, const double* b, int64_t O, int64_t K, double* y);
+
 }  // namespace cpu
 }  // namespace uepo

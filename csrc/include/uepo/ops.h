@@ -70,4 +70,17 @@ std::tuple<at::Tensor, at::Tensor> multiseed_sample_impl(
     at::ArrayRef<double> alpha_bars, int64_t horizon, double eta, double tau, double eps,
     bool return_div);
 
+// ---- residual Gaussian head (phase E's acting) --------------------------------------------------
+
+// Checks the head's inputs (obs_n (B, d_s), base (B, d_a), (weight, bias) pairs in nn.Linear layout:
+// the trunk's, then the mean and log-std layers', z (B, d_a)), all of one dtype and device; returns the
+// trunk's depth in layers.
+int64_t check_head_inputs(const at::Tensor& obs_n, const at::Tensor& base, at::TensorList head,
+                          const at::Tensor& z);
+
+// The head written with ATen ops (any device, any B): (action, mean, scale).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> residual_head_aten(const at::Tensor& obs_n, const at::Tensor& base,
+                                                                  at::TensorList head, double log_std_min,
+                                                                  double log_std_max, const at::Tensor& z);
+
 }  // namespace uepo

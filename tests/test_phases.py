@@ -16,16 +16,18 @@ import pytest
 import torch
 
 from uepo import ops
-from uepo.config import ImproveConfig, apply_overrides, preset
+from uepo.config import ImproveConfig, apply_overrides, preset, validate
 from uepo.data import load_offline_data
+from uepo.diffusion import SeedBank
 from uepo.nets import ResidualGaussianHead
-from uepo.phases import PhaseContext
+from uepo.phases import PhaseContext, sample_indices
 from uepo.phases.critics import train_critics
 from uepo.phases.dynamics import augmentation_warnings, ensemble_disagreement, termination_fn, train_dynamics
 from uepo.phases.improve import Support, am_q, head_act_fn, improve, raw_act_fn
-from uepo.phases.pretrain import calibrate_tau, pretrain, sequence_kl
+from uepo.phases.pretrain import calibrate_tau, finish_sub_policies, pretrain, sequence_kl
 from uepo.policy import MultiSeedPolicy
 from uepo.runs import NonFiniteLossError, Run, seed_everything
+from uepo.seeds import screen_seed
 
 torch.set_num_threads(1)
 
@@ -418,3 +420,52 @@ def test_data_form_of_the_sequence_kl():
             assert r[b, i].item() == pytest.approx(expected.item())
     nearest = sq.argmin(1)
     assert (r.gather(1, nearest[:, None]) > 0).all()  # only the seed nearest the data scores > 0
+
+
+# ---- seed screening (pretrain.seed_candidates) ----------------------------------------------------
+
+
+def test_seed_screening_keeps_the_candidates_nearest_the_data(pipeline):
+    """The kept seeds are the n of M candidates with the lowest first-action MSE, each MSE is that of the
+    candidate's own unperturbed chain, and the kept bank survives a checkpoint round trip."""
+    data, policy = pipeline["data"], copy.deepcopy(pipeline["pre"].policy)
+    cfg = small_config(pretrain={"seed_candidates": 7})
+    result = finish_sub_policies(policy, data, cfg, torch.Generator().manual_seed(screen_seed(cfg.seed)))
+    screen, n = result["seed_screen"], policy.num_seeds
+    mse = torch.tensor(screen["first_action_mse"])
+    assert screen["candidates"] == 7 and len(mse) == 7
+    assert screen["kept"] == sorted(mse.argsort()[:n].tolist()) and policy.config["seed_offsets"] == screen["kept"]
+    states = sample_indices(data.size, min(cfg.pretrain.tau_states, data.size),
+                            torch.Generator().manual_seed(screen_seed(cfg.seed)))
+    for j in (screen["kept"][0], int(mse.argmax())):  # a kept and a rejected candidate, each on its own
+        one = MultiSeedPolicy(dict(policy.config, num_seeds=1, seed_offsets=[j], eta=0.0, tau=0.0),
+                              policy.obs_mean, policy.obs_std, backbone=policy.denoiser)
+        first = one.base_chunks_from_cond(data.cond(states, policy.history))[:, 0, 0]
+        torch.testing.assert_close(float(((first - data.actions[states]) ** 2).mean()), float(mse[j]),
+                                   rtol=1e-5, atol=1e-7)
+    bank = SeedBank.draw(7, len(policy.steps.timesteps), policy.horizon, policy.action_dim,
+                         policy.config["base_seed"], temperature=policy.seed_temperature)
+    assert torch.equal(policy.seed_noise, bank.noise[screen["kept"]])
+    assert torch.equal(MultiSeedPolicy.from_state(policy.state()).seed_perturb, bank.perturb[screen["kept"]])
+    assert result["tau"] > 0 and result["sub_policy_divergence"] > 0
+
+
+def test_a_screened_phase_b_is_the_unscreened_one_screened_after(tmp_path, tiny_hopper):
+    """Screening does not touch training, and draws its states from its own stream: phase B with
+    seed_candidates equals phase B without, screened afterwards (what scripts/rescreen.py relies on)."""
+    data = load_offline_data(tiny_hopper)
+
+    def phase_b(name: str, **pretrain_fields):
+        cfg = apply_overrides(preset("smoke"), {"pretrain": pretrain_fields})
+        ctx = PhaseContext(Run(tmp_path / name, tensorboard=False), cfg, data, torch.device("cpu"), progress=False)
+        return cfg, pretrain(ctx).policy
+
+    _, plain = phase_b("plain")
+    cfg, screened = phase_b("screened", seed_candidates=6)
+    assert all(torch.equal(a, b) for a, b in zip(plain.denoiser.state_dict().values(),
+                                                 screened.denoiser.state_dict().values(), strict=True))
+    finish_sub_policies(plain, data, cfg, torch.Generator().manual_seed(screen_seed(cfg.seed)))
+    assert plain.config["seed_offsets"] == screened.config["seed_offsets"] and plain.tau == screened.tau
+    assert torch.equal(plain.seed_noise, screened.seed_noise)
+    with pytest.raises(ValueError, match="seed_candidates"):
+        validate(apply_overrides(preset("smoke"), {"pretrain": {"seed_candidates": 2}}))

@@ -58,6 +58,8 @@ class PretrainConfig:
     sampler: str = f("ddim", "sub-policy solver: ddim (K_s steps, fused kernel) or ddpm (all K steps, PyTorch)")
     num_seeds: int = f(4, "n: sub-policies (fixed seeds, or Gaussian BC members)")
     seed_temperature: float = f(0.1, "t: sub-policy i's initial noise ε_i ~ N(0, t²I) (1: a full prior draw)")
+    seed_candidates: int = f(0, "screen this many initial noises (candidate j drawn like sub-policy j) after training "
+                                "and keep the n whose unperturbed first actions are nearest the data's; 0: the first n")
     first_action_weight: float = f(1.0, "loss weight of the chunk's first (executed) action vs. each later step")
     start_fraction: float = f(0.0, "share of each batch drawn from the first start_steps steps of episodes")
     start_steps: int = f(25, "an episode's first steps that start_fraction oversamples")
@@ -368,6 +370,9 @@ def validate(cfg: Config) -> None:
                          "on the CPU")
     if cfg.data.horizon < 3:
         raise ValueError("--horizon must be >= 3 (the divergence uses accelerations)")
+    if cfg.pretrain.seed_candidates and cfg.pretrain.seed_candidates < cfg.pretrain.num_seeds:
+        raise ValueError(f"--pretrain.seed_candidates ({cfg.pretrain.seed_candidates}) must be 0 or at least "
+                         f"num_seeds ({cfg.pretrain.num_seeds}): it keeps num_seeds of the candidates")
     if cfg.pretrain.seed_temperature < 0:
         raise ValueError("--seed_temperature must be >= 0")
     if cfg.pretrain.first_action_weight <= 0:

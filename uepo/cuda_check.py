@@ -15,7 +15,7 @@ import torch
 
 from uepo import ops
 
-OPS = ("uepo::divergence", "uepo::divergence_backward", "uepo::multiseed_sample")
+OPS = ("uepo::divergence", "uepo::divergence_backward", "uepo::multiseed_sample", "uepo::residual_head")
 
 
 def gpu_architectures(library: str) -> list[str]:
@@ -69,7 +69,14 @@ def run_on_gpu() -> None:
     out, _ = ops.multiseed_sample(cond.cuda(), bank.noise.cuda(), bank.perturb.cuda(), net.kernel_weights(),
                                   steps.timesteps, steps.alpha_bars, 8, 0.1, 1.0)
     torch.testing.assert_close(out.cpu(), ref)
-    print("GPU run: both ops match their references on", torch.cuda.get_device_name())
+    obs_n, base, z = torch.randn(5, 11, dtype=torch.float64), torch.rand(5, 3, dtype=torch.float64), torch.randn(
+        5, 3, dtype=torch.float64)
+    head = [torch.randn(*shape, dtype=torch.float64) / 4 for shape in ((16, 14), (16,), (3, 16), (3,), (3, 16), (3,))]
+    ref_head = ops.reference_residual_head(obs_n, base, head, -5.0, 0.0, z)
+    out_head = ops.residual_head(obs_n.cuda(), base.cuda(), [w.cuda() for w in head], -5.0, 0.0, z.cuda())
+    for a, b in zip(out_head, ref_head, strict=True):
+        torch.testing.assert_close(a.cpu(), b)
+    print("GPU run: the ops match their references on", torch.cuda.get_device_name())
 
 
 def main() -> int:

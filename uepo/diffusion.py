@@ -9,6 +9,7 @@ multi-seed policy is the deterministic map S -> DDIM(S; ε_i, z^i) with its nois
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,17 +67,22 @@ class SeedBank:
     @classmethod
     def draw(cls, num_seeds: int, sampling_steps: int, horizon: int, action_dim: int,
              base_seed: int, dtype: torch.dtype = torch.float32,
-             device: torch.device | str = "cpu", temperature: float = 1.0) -> SeedBank:
-        """Sub-policy i draws from a generator seeded base_seed + i, once.
+             device: torch.device | str = "cpu", temperature: float = 1.0,
+             offsets: Sequence[int] | None = None) -> SeedBank:
+        """Sub-policy i draws from a generator seeded base_seed + offsets[i] (default: + i), once.
 
         ``temperature`` t scales the initial noise, ε_i ~ N(0, t² I): one full-variance draw
         commits a deterministic policy to the same far-out quantile at every state, a smaller t
         keeps it nearer the action distribution's bulk (the directions z^i are not scaled).
+        ``offsets``: the candidates that ``pretrain.seed_candidates`` kept.
         """
         if not temperature >= 0:
             raise ValueError(f"seed temperature must be >= 0, got {temperature}")
+        offsets = list(range(num_seeds)) if offsets is None else list(offsets)
+        if len(offsets) != num_seeds:
+            raise ValueError(f"{num_seeds} seeds need {num_seeds} offsets, got {offsets}")
         noise, perturb = [], []
-        for i in range(num_seeds):
+        for i in offsets:
             g = torch.Generator().manual_seed(base_seed + i)
             noise.append(temperature * torch.randn(horizon, action_dim, generator=g, dtype=torch.float64))
             perturb.append(torch.randn(sampling_steps, horizon, action_dim, generator=g, dtype=torch.float64))
@@ -135,10 +141,11 @@ DDPM_NOISE_SEED_OFFSET = 1_000_003  # the step-noise generator of seed i is base
 
 
 def ddpm_step_noise(num_seeds: int, num_steps: int, horizon: int, action_dim: int, base_seed: int,
-                    dtype: torch.dtype = torch.float32, temperature: float = 1.0) -> Tensor:
+                    dtype: torch.dtype = torch.float32, temperature: float = 1.0,
+                    offsets: Sequence[int] | None = None) -> Tensor:
     """Fixed ancestral noise w^i_k per seed and step, (n, K, H, d_a), scaled like ε_i by ``temperature``."""
     out = []
-    for i in range(num_seeds):
+    for i in range(num_seeds) if offsets is None else offsets:
         g = torch.Generator().manual_seed(base_seed + i + DDPM_NOISE_SEED_OFFSET)
         out.append(temperature * torch.randn(num_steps, horizon, action_dim, generator=g, dtype=torch.float64))
     return torch.stack(out).to(dtype)

@@ -66,16 +66,31 @@ class MultiSeedPolicy(nn.Module):
             solver_steps = c["diffusion_steps"] if self.sampler == "ddpm" else c["sampling_steps"]
             self.steps = self.schedule.ddim(solver_steps)
             self.seed_temperature = float(c.get("seed_temperature", 1.0))  # 1.0: checkpoints that predate it
-            bank = SeedBank.draw(self.num_seeds, solver_steps, self.horizon, self.action_dim, c["base_seed"],
-                                 temperature=self.seed_temperature)
-            self.register_buffer("seed_noise", bank.noise)
-            self.register_buffer("seed_perturb", bank.perturb)
-            if self.sampler == "ddpm":
-                self.register_buffer("ddpm_noise", ddpm_step_noise(self.num_seeds, solver_steps, self.horizon,
-                                                                   self.action_dim, c["base_seed"],
-                                                                   temperature=self.seed_temperature))
-            elif self.sampler != "ddim":
+            if self.sampler not in ("ddim", "ddpm"):
                 raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {self.sampler!r}")
+            self._draw_seeds(c.get("seed_offsets"))
+
+    def _draw_seeds(self, offsets: list[int] | None) -> None:
+        """(Re)draw the fixed noises of the sub-policies from base_seed + offsets (default 0 … n − 1)."""
+        c, solver_steps = self.config, len(self.steps.timesteps)
+        bank = SeedBank.draw(self.num_seeds, solver_steps, self.horizon, self.action_dim, c["base_seed"],
+                             temperature=self.seed_temperature, offsets=offsets)
+        buffers = {"seed_noise": bank.noise, "seed_perturb": bank.perturb}
+        if self.sampler == "ddpm":
+            buffers["ddpm_noise"] = ddpm_step_noise(self.num_seeds, solver_steps, self.horizon, self.action_dim,
+                                                    c["base_seed"], temperature=self.seed_temperature,
+                                                    offsets=offsets)
+        for name, value in buffers.items():
+            if hasattr(self, name):
+                getattr(self, name).copy_(value)
+            else:
+                self.register_buffer(name, value)
+        if offsets is not None:
+            c["seed_offsets"] = [int(i) for i in offsets]
+
+    def set_seed_offsets(self, offsets: list[int]) -> None:
+        """Sub-policy i becomes the noise drawn from base_seed + offsets[i] (``pretrain.seed_candidates``)."""
+        self._draw_seeds(offsets)
 
     @property
     def seeds(self) -> SeedBank:

@@ -4,6 +4,7 @@
 |---|---|---|
 | phase P's start (global RNGs), batch generator | 1000·s + offset(P) | a phase run alone draws the same |
 | sub-policy i's fixed noise ε_i, z^i | 1000·s + i (``pretrain.base_seed`` ≥ 0: that + i) | a sub-policy is its seed |
+| states screening ``pretrain.seed_candidates`` (and τ's) | 1000·s + 400000 | the screen replays from pretrain.pt |
 | the fresh seed bank of augmentation batch b | 10⁷ + 10⁴·s + b | fresh chains, apart from the sub-policies' |
 | AM-Q's model noise | 12345, every policy and run | common random numbers: Ĵ differs by the policy only |
 | BPPO of sub-policy i, in a torchrun run (its own streams on whichever rank) | 1000·s + 500 + i | |
@@ -25,6 +26,7 @@ AMQ_NOISE_SEED = 12345
 EVAL_OFFSET = 100_000
 SELECT_OFFSET = 200_000
 VALIDATE_OFFSET = 300_000
+SCREEN_OFFSET = 400_000
 
 
 def phase_seed(run_seed: int, phase: str) -> int:
@@ -59,6 +61,11 @@ def selection_seed(run_seed: int) -> int:
 def validation_seed(run_seed: int) -> int:
     """Generator seed of phase D's held-out AM-Q start states (``improve.validate_states``)."""
     return run_seed * 1000 + VALIDATE_OFFSET
+
+
+def screen_seed(run_seed: int) -> int:
+    """Generator seed of the dataset states that screen the seed candidates and calibrate τ after them."""
+    return run_seed * 1000 + SCREEN_OFFSET
 
 
 def online_env_seeds(run_seed: int, num_envs: int) -> list[int]:

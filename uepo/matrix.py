@@ -45,6 +45,7 @@ VARIANTS = {
     "accept-z-2": ["--improve.accept_z", "2"],
     # i* selected on AM-Q from 256 fresh start states, not the BPPO gate's own: phases A–C reused, D rerun
     "validate-256": ["--improve.validate_states", "256"],
+    "seed-screen-16": ["--pretrain.seed_candidates", "16"],
     "gaussian-validate-256": ["--policy", "gaussian-ensemble", "--improve.validate_states", "256"],
     # Uni-O4's selection (top-k by AM-Q, then a few real episodes each): phases A–C reused, D rerun
     "amq-topk-online": ["--selection", "amq-topk-online"],

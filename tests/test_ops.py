@@ -394,21 +394,25 @@ def make_head_problem(B, d_s, d_a, layers, width, dtype, seed=0):
 
 
 @compiled
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not (torch.cuda.is_available() and ops.compiled_with_cuda()), reason="needs a CUDA GPU and uepo's CUDA kernels"))])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,d_s,d_a,layers,width", HEAD_GRID)
-def test_residual_head_matches_reference(B, d_s, d_a, layers, width, dtype):
+def test_residual_head_matches_reference(B, d_s, d_a, layers, width, dtype, device):
     obs_n, base, head, z = make_head_problem(B, d_s, d_a, layers, width, dtype)
-    out = ops.residual_head(obs_n, base, head, *LOG_STD, z)
-    ref = ops.reference_residual_head(obs_n, base, head, *LOG_STD, z)
-    for a, b in zip(out, ref, strict=True):
-        assert a.shape == (B, d_a) and a.dtype == dtype
-        torch.testing.assert_close(a, b, **TOL[dtype])
-    # strided rows (a column slice, as acting_step passes the last state of each history)
     wide = torch.randn(B, 2, d_s, dtype=dtype)
-    out = ops.residual_head(wide[:, -1], base, head, *LOG_STD, z)
-    ref = ops.reference_residual_head(wide[:, -1].contiguous(), base, head, *LOG_STD, z)
-    for a, b in zip(out, ref, strict=True):
-        torch.testing.assert_close(a, b, **TOL[dtype])
+    ref = ops.reference_residual_head(obs_n, base, head, *LOG_STD, z)
+    ref_strided = ops.reference_residual_head(wide[:, -1].contiguous(), base, head, *LOG_STD, z)
+    head, base, z, obs_n, wide = [w.to(device) for w in head], base.to(device), z.to(device), obs_n.to(device), \
+        wide.to(device)
+    out = ops.residual_head(obs_n, base, head, *LOG_STD, z)
+    strided = ops.residual_head(wide[:, -1], base, head, *LOG_STD, z)  # rows as acting_step passes them
+    for a, b in zip([*out, *strided], [*ref, *ref_strided], strict=True):
+        assert a.shape == (B, d_a) and a.dtype == dtype and a.device.type == device
+        torch.testing.assert_close(a.cpu(), b, **TOL[dtype])
+    if device == "cuda":
+        torch.library.opcheck(torch.ops.uepo.residual_head.default, (obs_n, base, head, *LOG_STD, z),
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 @compiled
@@ -599,20 +603,6 @@ def test_cuda_sampler_opcheck():
             list(sched.alpha_bars), 4, 0.1, 1.0, 1e-4, True)
     torch.library.opcheck(torch.ops.uepo.multiseed_sample.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
-
-
-@cuda
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,d_s,d_a,layers,width", HEAD_GRID)
-def test_cuda_residual_head_matches_reference(B, d_s, d_a, layers, width, dtype):
-    obs_n, base, head, z = make_head_problem(B, d_s, d_a, layers, width, dtype)
-    ref = ops.reference_residual_head(obs_n, base, head, *LOG_STD, z)
-    out = ops.residual_head(obs_n.cuda(), base.cuda(), [w.cuda() for w in head], *LOG_STD, z.cuda())
-    for a, b in zip(out, ref, strict=True):
-        torch.testing.assert_close(a.cpu(), b, **TOL[dtype])
-    torch.library.opcheck(torch.ops.uepo.residual_head.default,
-                          (obs_n.cuda(), base.cuda(), [w.cuda() for w in head], *LOG_STD, z.cuda()),
-                          test_utils=("test_schema", "test_faketensor"))
 
 
 @cuda

@@ -1,6 +1,6 @@
 // C++ checks of the registered ops through the dispatcher, without Python: the divergence's
 // defining properties, its backward against central finite differences, and the sampler's
-// determinism and shapes. The Python suite compares against the pure-PyTorch references.
+// determinism and shapes, the residual head against its definition. The Python suite compares against the pure-PyTorch references.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -110,12 +110,42 @@ void sampler_determinism() {
   expect(!at::allclose(a, c), "other noise, other chunks");
 }
 
+void residual_head_matches_its_definition() {
+  at::manual_seed(3);
+  const int64_t B = 3, S = 5, D = 2, W = 7;
+  const auto obs = at::randn({B, S}, at::kDouble), base = at::rand({B, D}, at::kDouble);
+  const auto z = at::randn({B, D}, at::kDouble);
+  const std::vector<at::Tensor> head = {at::randn({W, S + D}, at::kDouble), at::randn({W}, at::kDouble),
+                                        at::randn({D, W}, at::kDouble),     at::randn({D}, at::kDouble),
+                                        at::randn({D, W}, at::kDouble),     at::randn({D}, at::kDouble)};
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("uepo::residual_head", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, at::TensorList, double, double, const at::Tensor&)>();
+  auto [action, mean, scale] = op.call(obs, base, head, -5.0, 0.0, z);
+  const auto h = at::relu(at::cat({obs, base}, 1).matmul(head[0].t()) + head[1]);
+  const auto want_mean = base + at::tanh(h.matmul(head[2].t()) + head[3]);
+  const auto want_scale = at::exp(-5.0 + 2.5 * (at::tanh(h.matmul(head[4].t()) + head[5]) + 1));
+  expect(at::allclose(mean, want_mean, 1e-10, 1e-12) && at::allclose(scale, want_scale, 1e-10, 1e-12),
+         "residual head: mean = base + tanh(.), log-std in [min, max]");
+  expect(at::allclose(action, mean + z * scale, 1e-12, 1e-12), "residual head: action = mean + scale z");
+  bool threw = false;
+  try {
+    const std::vector<at::Tensor> odd(head.begin(), head.end() - 1);
+    op.call(obs, base, odd, -5.0, 0.0, z);
+  } catch (const c10::Error& e) {
+    threw = std::string(e.what()).find("(weight, bias) pairs") != std::string::npos;
+  }
+  expect(threw, "residual head: an odd head list raises a clear error");
+}
+
 }  // namespace
 
 int main() {
   divergence_properties();
   divergence_backward_matches_finite_differences();
   sampler_determinism();
+  residual_head_matches_its_definition();
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? 0 : 1;
 }

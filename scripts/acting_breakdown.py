@@ -9,7 +9,8 @@ benchmarks/test_bench_acting.py's default sizes):
 - ``alternate``: the two alternating, nothing else (their sum is the limit of 1 / (1/env + 1/sampler));
 - ``alternate+obs``: the same with the normalisation and the observation copy of a real step;
 - ``head``: the head and the draw alone (``OnlineAgent.action_sampler``);
-- ``step (python)``: sampler, head and draw as ~20 Python calls (``OnlineAgent.acting_step(fused=False)``);
+- ``step (python)``: normalise, sampler and head as separate calls from Python
+  (``OnlineAgent.acting_step(fused=False)``; until 73518d6 the head was ~20 Python calls of its own);
 - ``step (one call)``: the same in one ``uepo::acting_step`` call (what ``_collect`` calls);
 - ``collect``: phase E's whole rollout collection (``_collect``);
 - ``collect (python)``: the same with the Python step;

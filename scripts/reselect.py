@@ -25,6 +25,8 @@ import torch
 from ope_probe import load_finished_run  # scripts/ is sys.path[0] when this runs
 
 from uepo import seeds
+from uepo.cli import run_config
+from uepo.data import load_offline_data
 from uepo.evaluate import evaluate_policy, uniform_regret
 from uepo.phases.improve import amq_scorer, amq_setting, fresh_amq, held_out_starts, select_sub_policy
 from uepo.policy import MultiSeedPolicy
@@ -55,9 +57,6 @@ def reselect(root: Path, states: int) -> dict:
 
 def reselect_online(root: Path, k: int, episodes: int, with_raw: bool) -> dict:
     """``amq-topk-online``'s pick on a finished run; candidates i < n are improved, n + i the raw μ^i."""
-    from uepo.cli import run_config
-    from uepo.data import load_offline_data
-
     cfg, summary = run_config(root), json.loads((root / "summary.json").read_text())
     data = load_offline_data(cfg.dataset)
     policy = MultiSeedPolicy.load(root / "checkpoints" / "offline.pt")

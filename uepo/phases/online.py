@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from gymnasium.envs.registration import EnvSpec
 from torch import Tensor, nn
 
@@ -125,24 +124,15 @@ class OnlineAgent:
     def action_sampler(self) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
         """(normalised s, μ^{i*}_1) -> a ~ π(·|s) and the head's Gaussian (mean, scale), no autograd.
 
-        The head's forward written on its weights (the same ops in the same order, so the same
-        numbers): at B = 1 calling its nn.Module layers costs about as much as their matmuls. The
-        draw is what torch.normal(mean, scale) (Normal.sample) computes, N(0, 1)·scale + mean from
-        the same generator, in half its time; log π(a|s) is scored after the rollout
-        (``gaussian_log_prob``). Build it again after replacing the head's parameter objects.
+        ``ops.residual_head`` on the head's weights (at B = 1 calling its nn.Module layers costs about as
+        much as their matmuls). The draw is what torch.normal(mean, scale) (Normal.sample) computes,
+        N(0, 1)·scale + mean from the same generator, in half its time; log π(a|s) is scored after the
+        rollout (``gaussian_log_prob``). Build it again after replacing the head's parameter objects.
         """
         head = self.head_weights()
-        trunk = list(zip(head[:-4:2], head[1:-4:2], strict=True))
-        mean_w, mean_b, std_w, std_b = head[-4:]
-        half_range = 0.5 * (LOG_STD_MAX - LOG_STD_MIN)
 
         def draw(obs_n: Tensor, base: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            h = torch.cat([obs_n, base], dim=-1)
-            for w, b in trunk:
-                h = F.linear(h, w, b).relu_()
-            mean = base + torch.tanh(F.linear(h, mean_w, mean_b))
-            scale = torch.tanh(F.linear(h, std_w, std_b)).add_(1).mul_(half_range).add_(LOG_STD_MIN).exp_()
-            return torch.randn_like(mean).mul_(scale).add_(mean), mean, scale
+            return ops.residual_head(obs_n, base, head, LOG_STD_MIN, LOG_STD_MAX, torch.randn_like(base))
 
         return draw
 
@@ -161,8 +151,8 @@ class OnlineAgent:
     def acting_step(self, num_envs: int, fused: bool = True) -> Callable[[Tensor], ActOut]:
         """Raw histories (num_envs, T_o, d_s) on the policy's device -> (μ^{i*}_1, a, mean, scale): what one
         env step computes. Where the sampler is the compiled op, one ``uepo::acting_step`` call: the step
-        below without its ~20 Python calls, and on the CPU with the head's matrix-vector kernel (equal
-        within rounding: its sums run in another order than BLAS's). With ``cuda_graph`` it is replayed from a
+        below (normalise, sampler, ``residual_head``) without its Python calls. With ``cuda_graph`` it is
+        replayed from a
         CUDA graph captured at the first call (the head's and backbone's weights are read in place, so the
         updates are seen). ``fused=False``: the step below (tests compare the two)."""
         p = self.policy
@@ -172,7 +162,7 @@ class OnlineAgent:
             mean_std, shape, dtype = (p.obs_mean, p.obs_std), (num_envs, p.action_dim), p.obs_mean.dtype
 
             def one_call(hist: Tensor) -> ActOut:
-                z = torch.randn(shape, dtype=dtype, device=hist.device)  # the step below's randn_like(mean)
+                z = torch.randn(shape, dtype=dtype, device=hist.device)  # the step below's randn_like(base)
                 if hist.dtype != dtype:  # (no .to call when equal: at B = 1 it costs ~1 % of the step)
                     hist = hist.to(dtype)
                 return op(hist, *mean_std, *sampler_args, self.selected, head, LOG_STD_MIN, LOG_STD_MAX, z)

@@ -1,7 +1,12 @@
-"""Phase D's selection replayed on finished runs: ``--improve.validate_states K`` or ``--selection amq-topk-online``.
+"""Phase D's selection replayed on finished runs: ``--improve.validate_states K``, ``--selection amq-topk-online``
+or ``--selection amq-gain-penalty``.
 
     python scripts/reselect.py RUN_DIR [RUN_DIR ...] [--states 256] [--json out.json]
     python scripts/reselect.py RUN_DIR [RUN_DIR ...] --topk 2 --episodes 3 [--with_raw] [--json out.json]
+    python scripts/reselect.py RUN_DIR [RUN_DIR ...] --gain_penalty 1 [--json out.json]
+
+With ``--gain_penalty p`` the pick is ``gain_penalized``'s argmax on the run's own Ĵ_raw and accepted Ĵ (from
+summary.json; nothing is rerun), as a run with ``--selection amq-gain-penalty --gain_penalty p`` picks.
 
 With ``--topk`` the shortlist is the run's own AM-Q (the gate's), top k, and each candidate plays
 ``--episodes`` real episodes from ``seeds.selection_seed`` (``select_with_episodes``'s; disjoint from the
@@ -28,7 +33,7 @@ from uepo import seeds
 from uepo.cli import run_config
 from uepo.data import load_offline_data
 from uepo.evaluate import evaluate_policy, uniform_regret
-from uepo.phases.improve import amq_scorer, amq_setting, fresh_amq, held_out_starts, select_sub_policy
+from uepo.phases.improve import amq_scorer, amq_setting, fresh_amq, gain_penalized, held_out_starts, select_sub_policy
 from uepo.policy import MultiSeedPolicy
 from uepo.train import top_by_amq
 
@@ -80,6 +85,23 @@ def reselect_online(root: Path, k: int, episodes: int, with_raw: bool) -> dict:
             "regret_uniform": uniform_regret(scores["raw"], scores["improved"])}
 
 
+def reselect_gain_penalty(root: Path, penalty: float) -> dict:
+    """``amq-gain-penalty``'s pick on a finished run, from its summary.json alone."""
+    summary = json.loads((root / "summary.json").read_text())
+    scores, selection = summary["scores"], summary["selection"]
+    n = len(scores["amq_raw"])
+    best = {"amq": scores["amq_selected_candidates"], "plausible": selection.get("amq_plausible", [True] * n),
+            "rows": [None] * n}
+    ranking, ok, _ = gain_penalized(scores["amq_raw"], selection.get("amq_raw_plausible", [True] * n), [None] * n,
+                                    best, penalty, paired=False)
+    pick = select_sub_policy(ranking, ok, [0.0] * n)["selected"]
+    improved, top, run_pick = scores["improved"], max(scores["raw"] + scores["improved"]), scores["selected_index"]
+    return {"run": str(root), "policy": summary.get("policy"), "gain_penalty": penalty,
+            "ranking": ranking, "pick": pick, "pick_score": improved[pick], "regret": top - improved[pick],
+            "run_pick": run_pick, "run_score": improved[run_pick], "run_regret": top - improved[run_pick],
+            "regret_uniform": uniform_regret(scores["raw"], improved)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
@@ -87,6 +109,8 @@ def main() -> int:
     parser.add_argument("--topk", type=int, default=0, help="replay amq-topk-online with this k instead")
     parser.add_argument("--episodes", type=int, default=3, help="--topk: real episodes per candidate")
     parser.add_argument("--with_raw", action="store_true", help="--topk: shortlist the raw μ^i too")
+    parser.add_argument("--gain_penalty", type=float, default=None,
+                        help="replay amq-gain-penalty with this p instead (from summary.json only)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -101,6 +125,15 @@ def main() -> int:
             if args.json:
                 args.json.write_text(json.dumps(results, indent=1))
             continue
+        if args.gain_penalty is not None:
+            r = reselect_gain_penalty(root, args.gain_penalty)
+            results.append(r)
+            print(f"{root}: gain-penalty pick {r['pick']} ({r['pick_score']:.1f}, regret {r['regret']:.1f}) | "
+                  f"AM-Q's pick {r['run_pick']} ({r['run_score']:.1f}, regret {r['run_regret']:.1f}) | a random "
+                  f"pick's regret {r['regret_uniform']:.1f}", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1))
+            continue
         r = reselect(root, args.states)
         results.append(r)
         print(f"{root}: fresh pick {r['pick']} ({r['pick_score']:.1f}, regret {r['regret']:.1f}) | gate's pick "
@@ -110,7 +143,8 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     k = len(results)
-    name = f"top-{args.topk} pick" if args.topk else "fresh pick"
+    name = (f"top-{args.topk} pick" if args.topk else "gain-penalty pick" if args.gain_penalty is not None
+            else "fresh pick")
     print(f"\nmean over {k} runs: {name} {sum(r['pick_score'] for r in results) / k:.2f} (regret "
           f"{sum(r['regret'] for r in results) / k:.2f}) | AM-Q's (gate's) pick "
           f"{sum(r['run_score'] for r in results) / k:.2f} "

@@ -130,8 +130,9 @@ class ImproveConfig:
     ope_start_fraction: float = f(0.0, "share of AM-Q's start states drawn from episodes' first ope_start_steps "
                                        "steps, where the real evaluation starts; 0: uniform over the data (Uni-O4)")
     ope_start_steps: int = f(1, "ope_start_fraction's pool: the first this many steps of every episode")
-    selection: str = f("amq", "amq (offline: argmax AM-Q) or amq-topk-online (Uni-O4: top-k by AM-Q, then real "
-                              "episodes; peeks at the env)")
+    selection: str = f("amq", "amq (offline: argmax AM-Q), amq-gain-penalty (argmax Ĵ_raw − p·(Ĵ − Ĵ_raw)) or "
+                              "amq-topk-online (Uni-O4: top-k by AM-Q, then real episodes; peeks at the env)")
+    gain_penalty: float = f(1.0, "amq-gain-penalty: p, how much of BPPO's AM-Q gain counts against a sub-policy")
     select_topk: int = f(2, "amq-topk-online: sub-policies that get real episodes")
     select_episodes: int = f(3, "amq-topk-online: real episodes per candidate (seeds disjoint from evaluation)")
     eval_episodes: int = f(10, "real-env episodes per policy in the final evaluation (0: skip)")
@@ -195,6 +196,7 @@ class Config:
     online: OnlineConfig = field(default_factory=OnlineConfig)
 
 
+SELECTIONS = ("amq", "amq-gain-penalty", "amq-topk-online")  # --selection
 SECTIONS = ("data", "critics", "pretrain", "dynamics", "improve", "online")
 
 # Each preset lists the fields it changes from the defaults (the defaults are the paper protocol).
@@ -345,8 +347,10 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--denoiser must be 'mlp' or 'unet', got {cfg.pretrain.denoiser!r}")
     if cfg.pretrain.seq_kl_form not in ("closed", "data"):
         raise ValueError(f"--seq_kl_form must be 'closed' or 'data', got {cfg.pretrain.seq_kl_form!r}")
-    if cfg.improve.selection not in ("amq", "amq-topk-online"):
-        raise ValueError(f"--selection must be amq or amq-topk-online, got {cfg.improve.selection!r}")
+    if cfg.improve.selection not in SELECTIONS:
+        raise ValueError(f"--selection must be one of {', '.join(SELECTIONS)}, got {cfg.improve.selection!r}")
+    if not math.isfinite(cfg.improve.gain_penalty):
+        raise ValueError(f"--gain_penalty must be a finite number (1: today's default), got {cfg.improve.gain_penalty}")
     if not 0.0 <= cfg.improve.ope_start_fraction <= 1.0 or cfg.improve.ope_start_steps < 1:
         raise ValueError("--improve.ope_start_fraction must be in [0, 1] and --improve.ope_start_steps >= 1")
     if not (cfg.online.init_std == 0 or math.exp(-5) < cfg.online.init_std < 1):

@@ -49,6 +49,8 @@ VARIANTS = {
     "gaussian-validate-256": ["--policy", "gaussian-ensemble", "--improve.validate_states", "256"],
     # Uni-O4's selection (top-k by AM-Q, then a few real episodes each): phases A–C reused, D rerun
     "amq-topk-online": ["--selection", "amq-topk-online"],
+    # i* by Ĵ_raw − (Ĵ − Ĵ_raw): BPPO's AM-Q gain counts against a sub-policy (RESULTS 0f); D's selection only
+    "gain-penalty": ["--selection", "amq-gain-penalty"],
 }
 DEFAULT_VARIANTS = ["main", "gaussian-ensemble", "no-augmentation", "no-seq-kl", "no-divergence"]  # a sweep's default
 PHASE_KEYS = ["A_critics", "B_pretrain", "C_dynamics", "D_improve", "evaluation"]

@@ -157,6 +157,9 @@ def selection_table(scores: dict, selection: dict, episodes: int) -> str:
                  f"(a random pick's: {fmt(report.get('regret_uniform'))}), "
                  f"AM-Q rank correlation {fmt(report.get('amq_rank_correlation'), '.2f')} "
                  f"(raw {fmt(report.get('amq_raw_rank_correlation'), '.2f')})")
+    if "ranking" in selection:
+        lines.append(f"ranked by Ĵ_raw − {selection['gain_penalty']:g}·(Ĵ − Ĵ_raw) (--selection amq-gain-penalty): "
+                     f"{[round(v, 1) for v in selection['ranking']]}")
     if "validation" in selection:
         lines.append(f"the improved sub-policies' AM-Q is from {selection['validation']['states']} fresh start states "
                      "(--improve.validate_states), the raw ones' from the BPPO gate's")

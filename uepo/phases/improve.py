@@ -266,6 +266,20 @@ def select_sub_policy(amq_best: list[float], plausible: list[bool], warm_nll: li
     return {"selected": best, "method": "imitation-fallback", "warnings": [message]}
 
 
+def gain_penalized(amq_raw: list[float], raw_ok: list[bool], raw_rows: list[Tensor | None], best: dict,
+                   penalty: float, paired: bool) -> tuple[list[float], list[bool], list[Tensor | None]]:
+    """``--selection amq-gain-penalty``'s ranking: Ĵ_raw − p·(Ĵ − Ĵ_raw) per sub-policy, plausible where both are.
+
+    BPPO's advantage and AM-Q share Q_τ, so the head whose Ĵ rose most under the gate is the one most
+    likely to exploit Q_τ's errors (docs/RESULTS.md 0d–0f); p = −1 gives back plain AM-Q. Per-start-state
+    rows (for the runner-up's paired z) only where raw and accepted Ĵ came from the same states."""
+    ranking = [r - penalty * (b - r) for r, b in zip(amq_raw, best["amq"], strict=True)]
+    ok = [a and b for a, b in zip(raw_ok, best["plausible"], strict=True)]
+    rows = [(1 + penalty) * r - penalty * b if paired and r is not None and b is not None else None
+            for r, b in zip(raw_rows, best["rows"], strict=True)]
+    return ranking, ok, rows
+
+
 def separation(amq_best: list[float], rows: list[Tensor | None], selected: int) -> dict:
     """How far AM-Q puts the selected sub-policy above the runner-up: Ĵ's standard errors and the paired z of
     the two (below ~2 the offline ranking of the pair is within AM-Q's start-state noise)."""
@@ -435,11 +449,18 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
     for h, s in zip(policy.heads, best["heads"], strict=True):
         h.load_state_dict(s)
     amq_best, best_ok = best["amq"], best["plausible"]
-    selection = select_sub_policy(amq_best, best_ok, warm_nll)
+    ranking, ranking_ok, ranking_rows = amq_best, best_ok, best["rows"]
+    if cfg.selection == "amq-gain-penalty":
+        ranking, ranking_ok, ranking_rows = gain_penalized(amq_raw, raw_ok, raw_rows, best, cfg.gain_penalty,
+                                                           paired=not validation)
+    selection = select_sub_policy(ranking, ranking_ok, warm_nll)
     selection["warnings"] = warnings + selection["warnings"]
     if validation:
         selection["validation"] = validation
-    selection.update(separation(amq_best, best["rows"], selection["selected"]))
+    if cfg.selection == "amq-gain-penalty":
+        selection.update(ranking=ranking, gain_penalty=cfg.gain_penalty,
+                         method="amq-gain-penalty" if selection["method"] == "amq" else selection["method"])
+    selection.update(separation(ranking, ranking_rows, selection["selected"]))
     selection.update(amq_plausible=best_ok, amq_raw_plausible=raw_ok, support={
         "disagreement": support.disagreement, "q_low": support.q_low, "q_high": support.q_high,
         "q_floor": support.q_floor})

@@ -118,28 +118,19 @@ def main() -> int:
     for root in args.runs:
         if args.topk:
             r = reselect_online(root, args.topk, args.episodes, args.with_raw)
-            results.append(r)
-            print(f"{root}: top-{args.topk} pick {r['pick']} ({r['pick_score']:.1f}, regret {r['regret']:.1f}) of "
-                  f"{r['shortlist']} | AM-Q's pick {r['run_pick']} ({r['run_score']:.1f}, regret "
-                  f"{r['run_regret']:.1f}) | a random pick's regret {r['regret_uniform']:.1f}", flush=True)
-            if args.json:
-                args.json.write_text(json.dumps(results, indent=1))
-            continue
-        if args.gain_penalty is not None:
+            line, extra = f"top-{args.topk} pick", f" of {r['shortlist']}"
+        elif args.gain_penalty is not None:
             r = reselect_gain_penalty(root, args.gain_penalty)
-            results.append(r)
-            print(f"{root}: gain-penalty pick {r['pick']} ({r['pick_score']:.1f}, regret {r['regret']:.1f}) | "
-                  f"AM-Q's pick {r['run_pick']} ({r['run_score']:.1f}, regret {r['run_regret']:.1f}) | a random "
-                  f"pick's regret {r['regret_uniform']:.1f}", flush=True)
-            if args.json:
-                args.json.write_text(json.dumps(results, indent=1))
-            continue
-        r = reselect(root, args.states)
+            line, extra = "gain-penalty pick", ""
+        else:
+            r = reselect(root, args.states)
+            line, extra = "fresh pick", ""
         results.append(r)
-        print(f"{root}: fresh pick {r['pick']} ({r['pick_score']:.1f}, regret {r['regret']:.1f}) | gate's pick "
-              f"{r['run_pick']} ({r['run_score']:.1f}, regret {r['run_regret']:.1f}) | a random pick's regret "
-              f"{r['regret_uniform']:.1f} | fresh Ĵ {[round(v, 1) for v in r['fresh_amq']]} gate's "
-              f"{[round(v, 1) for v in r['gate_amq']]}", flush=True)
+        print(f"{root}: {line} {r['pick']} ({r['pick_score']:.1f}, regret {r['regret']:.1f}){extra} | AM-Q's "
+              f"(gate's) pick {r['run_pick']} ({r['run_score']:.1f}, regret {r['run_regret']:.1f}) | a random "
+              f"pick's regret {r['regret_uniform']:.1f}", flush=True)
+        if "fresh_amq" in r:
+            print(f"  fresh Ĵ {[round(v, 1) for v in r['fresh_amq']]} gate's {[round(v, 1) for v in r['gate_amq']]}")
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     k = len(results)

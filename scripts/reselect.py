@@ -133,14 +133,24 @@ def main() -> int:
             print(f"  fresh Ĵ {[round(v, 1) for v in r['fresh_amq']]} gate's {[round(v, 1) for v in r['gate_amq']]}")
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
-    k = len(results)
     name = (f"top-{args.topk} pick" if args.topk else "gain-penalty pick" if args.gain_penalty is not None
             else "fresh pick")
-    print(f"\nmean over {k} runs: {name} {sum(r['pick_score'] for r in results) / k:.2f} (regret "
-          f"{sum(r['regret'] for r in results) / k:.2f}) | AM-Q's (gate's) pick "
-          f"{sum(r['run_score'] for r in results) / k:.2f} "
-          f"(regret {sum(r['run_regret'] for r in results) / k:.2f}) | random pick's regret "
-          f"{sum(r['regret_uniform'] for r in results) / k:.2f}")
+    groups: dict[str, list[dict]] = {}
+    for r in results:  # per policy kind and dataset (a run's summary.json names both), then over all
+        summary = json.loads((Path(r["run"]) / "summary.json").read_text())
+        groups.setdefault(f"{summary.get('policy')} {summary['dataset']['dataset_id']}", []).append(r)
+    if len(groups) > 1:
+        groups["all"] = results
+    print()
+    for label, rs in groups.items():
+        k = len(rs)
+
+        def mean(key: str, rs: list[dict] = rs, k: int = k) -> float:
+            return sum(r[key] for r in rs) / k
+
+        print(f"mean over {k} runs, {label}: {name} {mean('pick_score'):.2f} (regret {mean('regret'):.2f}) | AM-Q's "
+              f"(gate's) pick {mean('run_score'):.2f} (regret {mean('run_regret'):.2f}) | random pick's regret "
+              f"{mean('regret_uniform'):.2f}")
     return 0
 
 

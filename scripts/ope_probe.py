@@ -14,19 +14,24 @@ states and dynamics noise:
 - ``mbr``: the model's discounted return, Σ_t γ^t r̂_t + γ^H V(s_H), a fall ends it, leaving the
   support adds γ^t × the data's lowest Q;
 - ``q1``: no model at all, the mean Q_τ(s, π(s)) over the start states;
+- ``amq-indep``: AM-Q with a second set of phase-A critics, trained as the run's were but from another
+  seed (run seed s → 1000·s + 500000; cached under ``--indep_cache``, resumable). BPPO's advantage and the
+  gate's AM-Q share Q_τ, so a head can exploit Q_τ's errors and look better to both; Q_τ' has other errors;
 - ``real``: AM-Q's criterion with the true dynamics: the real env is set to each start state
   (qpos from the observation, x = 0) and stepped, so the rest of AM-Q is unchanged. Where it ranks
   well and ``amq`` does not, T̂ is what fails; where both fail, the criterion does. ``real-h1000``:
   the same for 1000 steps (the length of an evaluation episode); ``real-return``: the real env's
   discounted return from the start states, Σ_t γ^t r_t + γ^H V(s_H) (``mbr`` on the true dynamics).
 
-Prints Spearman's ρ between each estimate and the real scores over the 2n policies, and the regret
-of picking the arg max (best real score − real score of the pick). ``--json`` keeps every number.
+Prints Spearman's ρ between each estimate and the real scores over the 2n policies, the regret
+of picking the arg max (best real score − real score of the pick), and the regret of the arg max over
+the improved ones only (what a run selects from). ``--json`` keeps every number.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -162,14 +167,31 @@ def load_finished_run(root: Path) -> FinishedRun:
                        imp.policy)
 
 
-def probe(root: Path, state_counts: list[int], rules: list[str], draws: list[int]) -> dict:
+INDEPENDENT_SEED_OFFSET = 500000  # the second critics' run seed: 1000·s + this (apart from seeds.py's streams)
+
+
+def independent_critics(fin: FinishedRun, root: Path, cache: Path) -> Critics:
+    """Phase A again, as the run's config says, from seed 1000·s + 500000; kept under ``cache``."""
+    cfg = copy.deepcopy(fin.cfg)
+    cfg.seed = 1000 * fin.cfg.seed + INDEPENDENT_SEED_OFFSET
+    run = Run(cache / "_".join(root.parts[-3:]), resume=True, tensorboard=False)
+    critics = train_critics(PhaseContext(run, cfg, fin.data, torch.device("cpu"), progress=False))
+    run.close()
+    return critics
+
+
+def probe(root: Path, state_counts: list[int], rules: list[str], draws: list[int],
+          indep_cache: Path = Path("runs/indep_critics")) -> dict:
     fin = load_finished_run(root)
     cfg, data, critics, dyn, scores, real, acts = (fin.cfg, fin.data, fin.critics, fin.dynamics, fin.scores, fin.real,
                                                    fin.acts)
     support, horizon = amq_setting(data, dyn, critics, cfg)  # the run's own (200 steps for locomotion)
     norm, gamma = data.normalize, cfg.critics.gamma
+    indep = independent_critics(fin, root, indep_cache) if "amq-indep" in rules else None
 
     def estimate(rule: str, act: Callable, starts: Tensor) -> float:
+        if rule == "amq-indep":
+            return am_q(act, dyn, indep, starts, horizon, norm, support).value
         if rule in ("amq-h500", "amq-h1000"):
             return am_q(act, dyn, critics, starts, int(rule[5:]), norm, support).value
         if rule in ("amq", "amq-vote", "amq-mean"):
@@ -196,11 +218,15 @@ def probe(root: Path, state_counts: list[int], rules: list[str], draws: list[int
         name = f"{name}@{states}#{draw}"
         rho = rank_correlation(values, real)
         pick = max(range(len(values)), key=values.__getitem__)
-        regret = best_real - real[pick]
-        out["rules"][name] = {"values": values, "rho": rho, "pick": pick, "regret": regret}
+        n = len(values) // 2
+        pick_improved = max(range(n, 2 * n), key=values.__getitem__)
+        regret, regret_improved = best_real - real[pick], best_real - real[pick_improved]
+        out["rules"][name] = {"values": values, "rho": rho, "pick": pick, "regret": regret,
+                              "pick_improved": pick_improved - n, "regret_improved": regret_improved}
         rho_text = "—" if rho is None else f"{rho:+.2f}"
-        print(f"  {name:<14} ρ {rho_text:>5}  pick {pick} regret {regret:5.1f}  "
-              f"values {[round(v, 1) for v in values]}", flush=True)
+        print(f"  {name:<14} ρ {rho_text:>5}  pick {pick} regret {regret:5.1f}  of the improved: pick "
+              f"{pick_improved - n} regret {regret_improved:5.1f}  values {[round(v, 1) for v in values]}",
+              flush=True)
     return out
 
 
@@ -210,21 +236,25 @@ def main() -> int:
     parser.add_argument("--ope_states", type=int, nargs="+", default=[64])
     parser.add_argument("--rules", nargs="+", default=["amq", "amq-h500", "amq-vote", "amq-mean", "mbr", "q1"])
     parser.add_argument("--draws", type=int, nargs="+", default=[0], help="which draws of the start states")
+    parser.add_argument("--indep_cache", type=Path, default=Path("runs/indep_critics"),
+                        help="amq-indep: where the second critics are trained and kept")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = []
     for root in args.runs:
-        results.append(probe(root, args.ope_states, args.rules, args.draws))
+        results.append(probe(root, args.ope_states, args.rules, args.draws, args.indep_cache))
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     print("\nmean over runs:")
     for name in results[0]["rules"]:
         rhos = [r["rules"][name]["rho"] for r in results if r["rules"][name]["rho"] is not None]
         regrets = [r["rules"][name]["regret"] for r in results]
+        improved = [r["rules"][name]["regret_improved"] for r in results]
         mean_rho = sum(rhos) / len(rhos) if rhos else math.nan
         print(f"  {name:<14} ρ {mean_rho:+.2f}  regret {sum(regrets) / len(regrets):5.1f}  "
-              f"best picked {sum(r == 0 for r in regrets)} of {len(regrets)}")
+              f"best picked {sum(r == 0 for r in regrets)} of {len(regrets)}  of the improved: regret "
+              f"{sum(improved) / len(improved):5.1f}")
     return 0
 
 

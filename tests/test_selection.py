@@ -20,7 +20,7 @@ import torch
 
 from uepo.config import ImproveConfig, apply_overrides, preset
 from uepo.data import load_offline_data
-from uepo.evaluate import evaluate_policy, rank_correlation, selection_report
+from uepo.evaluate import RANDOM_LEVEL, evaluate_policy, rank_correlation, score_warnings, selection_report
 from uepo.phases import BatchSampler, PhaseContext
 from uepo.phases.critics import train_critics
 from uepo.phases.dynamics import termination_fn, train_dynamics
@@ -119,6 +119,26 @@ def test_an_absurd_critic_is_reported_and_not_selected_on(tiny_hopper, tmp_path,
     assert "uepo: WARNING" in capsys.readouterr().err
     # Ĵ itself is clipped to the bounds; the unclipped mean is what flags it
     assert all(result.selection["support"]["q_low"] <= v <= 0 for v in result.amq_best)
+
+
+@pytest.mark.parametrize(("selected", "raw", "method", "expect"), [
+    (30.0, [25.0, 0.5, 31.0], "amq", []),  # one raw μ^i that falls is a weak sub-policy, not a broken run
+    (-0.2, [25.0, -0.2, 9.0], "amq", ["selected sub-policy 1 scores -0.2", "--selection amq-topk-online"]),
+    (-0.2, [25.0, -0.2, 9.0], "amq-topk-online", ["selected sub-policy 1 scores -0.2"]),
+    (1.9, [1.0, 0.3, -0.6], "amq", ["selected sub-policy 1", "every raw sub-policy"]),
+    (None, [], "amq", []),  # no reference returns: nothing to compare with
+])
+def test_scores_at_a_random_policys_level_are_reported(selected, raw, method, expect):
+    scores = {"selected": selected, "raw": raw, "selected_index": 1, "amq_selected_candidates": [50.0, 63.2, 40.0],
+              "dataset_episodes": 10.1, "selection_method": method}
+    warnings = score_warnings(scores)
+    assert len(warnings) == len([e for e in expect if e.startswith(("selected", "every"))])
+    text = " | ".join(warnings)
+    for part in expect:
+        assert part in text
+    if warnings:
+        assert "10.1" in text and f"below {RANDOM_LEVEL:g}" in text
+    assert ("amq-topk-online" in text) == (method == "amq" and selected is not None and selected < RANDOM_LEVEL)
 
 
 def test_select_sub_policy_takes_the_best_plausible():

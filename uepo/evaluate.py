@@ -112,6 +112,34 @@ def uniform_regret(raw: list[float] | None, improved: list[float] | None) -> flo
     return max(improved + (raw or [])) - float(np.mean(improved))
 
 
+RANDOM_LEVEL = 2.0  # normalised scores below this are a random policy's (0 by definition; its episodes spread ~±1)
+
+
+def score_warnings(scores: dict) -> list[str]:
+    """The offline result's scores that cannot be a learned policy's: the selected one, or every raw μ^i,
+    at a random policy's level (a normalised score below ``RANDOM_LEVEL``: it falls or stands still
+    from the start). Such a policy is not to be used or fine-tuned as if it had learned, so the run says so."""
+    out = []
+    selected, raw = scores.get("selected"), scores.get("raw") or []
+    data = scores.get("dataset_episodes")
+    data_text = "" if data is None else f"; the dataset's own episodes score {data:.1f}"
+    if selected is not None and selected < RANDOM_LEVEL:
+        i = scores["selected_index"]
+        out.append(f"the selected sub-policy {i} scores {selected:.1f} in the real env, a random policy's level "
+                   f"(normalised 0 = random; below {RANDOM_LEVEL:g} here{data_text}), although its AM-Q was "
+                   f"{scores['amq_selected_candidates'][i]:.4g}: T̂ and Q_τ are wrong where it goes. Do not use "
+                   "this policy as learned: look at the warnings above and the table's other candidates, or try "
+                   "another --seed" + ("" if scores.get("selection_method") == "amq-topk-online" else
+                                       " or a selection with real episodes (--selection amq-topk-online)") + ".")
+    low = [i for i, x in enumerate(raw) if x is not None and x < RANDOM_LEVEL]
+    if raw and len(low) == len(raw):
+        out.append(f"every raw sub-policy scores at a random policy's level ({[round(x, 1) for x in raw]}, "
+                   f"below {RANDOM_LEVEL:g}{data_text}): phase B's sub-policies do not imitate the data. Check "
+                   "phase B's loss in metrics.csv and plots/pretrain.png; a longer --pretrain.steps or another "
+                   "--seed may help.")
+    return out
+
+
 def selection_report(selected: int, amq_raw: list[float], amq_best: list[float], raw: list[float] | None,
                      improved: list[float] | None) -> dict:
     """How well did AM-Q select, measured with real-env scores of every candidate.

@@ -25,7 +25,7 @@ from uepo import distributed, ops, seeds
 from uepo.cli import parse_args
 from uepo.config import Config, load_yaml, preset, save_yaml, to_dict, validate
 from uepo.data import DatasetError, OfflineData, load_offline_data
-from uepo.evaluate import evaluate_policy, selection_report
+from uepo.evaluate import evaluate_policy, score_warnings, selection_report
 from uepo.phases import PhaseContext
 from uepo.phases.critics import train_critics
 from uepo.phases.dynamics import augmentation_warnings, train_dynamics
@@ -229,7 +229,7 @@ def run_offline(ctx: PhaseContext, done: list[str]) -> None:
     if evals and None not in (raw or []) + (improved_scores or []):
         scores["selection_report"] = selection_report(improved.selected, improved.amq_raw, improved.amq_best,
                                                       raw, improved_scores)
-    warnings = augmentation_warnings(dynamics.metrics) + improved.selection.get("warnings", [])
+    warnings = augmentation_warnings(dynamics.metrics) + improved.selection.get("warnings", []) + score_warnings(scores)
     run.update_summary(scores=scores, evaluation=evals, phases_run=done, pretrain=pre.metrics,
                        dynamics=dynamics.metrics, selection=improved.selection, warnings=warnings)
     if evals:

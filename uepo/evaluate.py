@@ -135,8 +135,8 @@ def score_warnings(scores: dict) -> list[str]:
     if raw and len(low) == len(raw):
         out.append(f"every raw sub-policy scores at a random policy's level ({[round(x, 1) for x in raw]}, "
                    f"below {RANDOM_LEVEL:g}{data_text}): phase B's sub-policies do not imitate the data. Check "
-                   "phase B's loss in metrics.csv and plots/pretrain.png; a longer --pretrain.steps or another "
-                   "--seed may help.")
+                   "phase B's loss in metrics.csv and plots/pretrain.png; seed screening (--pretrain.seed_candidates "
+                   "16), a longer --pretrain.steps or another --seed may help.")
     return out
 
 

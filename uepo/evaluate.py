@@ -131,8 +131,7 @@ def score_warnings(scores: dict) -> list[str]:
                    "this policy as learned: look at the warnings above and the table's other candidates, or try "
                    "another --seed" + ("" if scores.get("selection_method") == "amq-topk-online" else
                                        " or a selection with real episodes (--selection amq-topk-online)") + ".")
-    low = [i for i, x in enumerate(raw) if x is not None and x < RANDOM_LEVEL]
-    if raw and len(low) == len(raw):
+    if raw and all(x is not None and x < RANDOM_LEVEL for x in raw):
         out.append(f"every raw sub-policy scores at a random policy's level ({[round(x, 1) for x in raw]}, "
                    f"below {RANDOM_LEVEL:g}{data_text}): phase B's sub-policies do not imitate the data. Check "
                    "phase B's loss in metrics.csv and plots/pretrain.png; seed screening (--pretrain.seed_candidates "

@@ -340,6 +340,23 @@ def test_learn_std_false_keeps_the_acting_std_and_trains_the_mean(tmp_path):
     assert any(not torch.equal(trained[k], offline_head[k]) for k in trained if k not in std_keys)
 
 
+def test_anneal_lr_decays_both_learning_rates_by_rollout_and_off_keeps_them(tmp_path):
+    """online.anneal_lr: rollout k of K updates at (1 − k/K) of each learning rate, as CleanRL's PPO."""
+    fractions = {}
+    for anneal in (True, False):
+        run = Run(tmp_path / str(anneal), tensorboard=False)
+        online.run_online(run, tiny_config(eval_episodes=0, anneal_lr=anneal, lr_actor=1e-3), tiny_bundle(),
+                          seed=0, progress=False)
+        run.close()
+        rows = metric_rows(tmp_path / str(anneal))
+        fractions[anneal] = [float(r[3]) for r in sorted(rows, key=lambda r: int(r[1])) if r[2] == "lr_fraction"]
+        agent = torch.load(tmp_path / str(anneal) / "checkpoints" / "online.pt", weights_only=False)["agent"]
+        last = fractions[anneal][-1]
+        assert agent["opt_actor"]["param_groups"][0]["lr"] == pytest.approx(last * 1e-3)
+        assert agent["opt_critic"]["param_groups"][0]["lr"] == pytest.approx(last * OnlineConfig.lr_critic)
+    assert fractions[True] == [1.0, 0.75, 0.5, 0.25] and fractions[False] == [1.0] * 4
+
+
 def test_spec_3e_restores_the_specs_phase_e_and_names_every_default_that_differs():
     from uepo.cli import parse_args
     from uepo.config import SPEC_3E

@@ -161,6 +161,8 @@ class OnlineConfig:
     grad_clip: float = f(0.5, "gradient-norm clip")
     freeze_backbone: bool = f(True, "keep the diffusion backbone frozen")
     refit_value: bool = f(True, "refit V_τ on scaled rewards before PPO when reward_scale != 1")
+    anneal_lr: bool = f(False, "decay both learning rates linearly over the phase's rollouts to 1/rollouts of "
+                         "their value at the last (CleanRL's PPO)")
     value_warmup_steps: int = f(0, "first env steps in which only V learns (the actor waits for a fitted critic)")
     init_std: float = f(0.0, "the head's acting std at the start of phase E, the same in every state (0: phase D's)")
     learn_std: bool = f(True, "the head's log-std layer trains (False: it acts with phase D's std, or init_std, "

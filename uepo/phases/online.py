@@ -366,7 +366,9 @@ class PPOTrainer(Trainer):
         elapsed = time.perf_counter() - start
         history["collect_s"] += elapsed
         history["collect_steps"] += self.per_rollout
+        lr_fraction = self.anneal(step)
         stats = _update(self.agent, buf, self.cfg, counters["env_steps"])
+        stats["lr_fraction"] = lr_fraction
         counters["updates"] += 1
         if finished:
             rets = np.array([r for r, _ in finished])
@@ -375,6 +377,15 @@ class PPOTrainer(Trainer):
                          episode_length=float(np.mean([n for _, n in finished])))
         self.stats = {**stats, "env_steps_per_s": self.per_rollout / elapsed}
         return {"policy_loss": stats["policy_loss"], "value_loss": stats["value_loss"]}
+
+    def anneal(self, step: int) -> float:
+        """With ``anneal_lr`` both learning rates are (1 − step/total) of their own for rollout ``step`` (0-based),
+        from the step alone, so a resumed run sets what the uninterrupted one did. Returns the fraction."""
+        fraction = 1.0 - step / self.total if self.cfg.anneal_lr else 1.0
+        for opt, lr in ((self.agent.opt_actor, self.agent.lr_actor), (self.agent.opt_critic, self.cfg.lr_critic)):
+            for group in opt.param_groups:
+                group["lr"] = fraction * lr
+        return fraction
 
     def metrics(self, losses: dict[str, float]) -> dict[str, float]:
         """The update's diagnostics, and the evaluation's when one is due (every ``eval_every``, and at the end)."""

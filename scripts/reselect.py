@@ -38,6 +38,16 @@ from uepo.policy import MultiSeedPolicy
 from uepo.train import top_by_amq
 
 
+def pick_regrets(scores: dict, pick: int, real: list[float] | None = None) -> dict:
+    """A replayed pick beside the run's own and a random one's: real-env scores and regrets (best real score
+    over raw and improved sub-policies − the pick's). ``real`` indexes the candidates (default: the improved)."""
+    real = scores["improved"] if real is None else real
+    top, run_pick = max(scores["raw"] + scores["improved"]), scores["selected_index"]
+    return {"pick": pick, "pick_score": real[pick], "regret": top - real[pick], "run_pick": run_pick,
+            "run_score": real[run_pick], "run_regret": top - real[run_pick],
+            "regret_uniform": uniform_regret(scores["raw"], scores["improved"])}
+
+
 def reselect(root: Path, states: int) -> dict:
     fin = load_finished_run(root)
     data, policy, summary = fin.data, fin.improved, json.loads((root / "summary.json").read_text())
@@ -52,12 +62,8 @@ def reselect(root: Path, states: int) -> dict:
             "plausible": list(selection.get("amq_plausible", [True] * n)), "rows": [None] * n}
     gate = fresh_amq(policy, best, lambda i, head: score(i, head, held_out))
     pick = select_sub_policy(best["amq"], best["plausible"], [0.0] * n)["selected"]
-    improved, top = scores["improved"], max(scores["raw"] + scores["improved"])
     return {"run": str(root), "policy": fin.cfg.policy, "states": held_out.shape[0], "gate_amq": gate["amq"],
-            "fresh_amq": best["amq"], "pick": pick, "pick_score": improved[pick], "regret": top - improved[pick],
-            "run_pick": scores["selected_index"], "run_score": improved[scores["selected_index"]],
-            "run_regret": top - improved[scores["selected_index"]],
-            "regret_uniform": uniform_regret(scores["raw"], improved)}
+            "fresh_amq": best["amq"], **pick_regrets(scores, pick)}
 
 
 def reselect_online(root: Path, k: int, episodes: int, with_raw: bool) -> dict:
@@ -75,14 +81,9 @@ def reselect_online(root: Path, k: int, episodes: int, with_raw: bool) -> dict:
                                   ref_min_score=data.ref_min_score, ref_max_score=data.ref_max_score)["return_mean"]
                for c in shortlist}
     pick = max(shortlist, key=lambda c: returns[c])
-    real = scores["improved"] + scores["raw"]  # indexed like the candidates
-    top = max(real)
-    run_pick = scores["selected_index"]
     return {"run": str(root), "policy": cfg.policy, "topk": k, "episodes": episodes, "with_raw": with_raw,
-            "shortlist": shortlist, "returns": [returns[c] for c in shortlist], "pick": pick,
-            "pick_score": real[pick], "regret": top - real[pick], "run_pick": run_pick,
-            "run_score": real[run_pick], "run_regret": top - real[run_pick],
-            "regret_uniform": uniform_regret(scores["raw"], scores["improved"])}
+            "shortlist": shortlist, "returns": [returns[c] for c in shortlist],
+            **pick_regrets(scores, pick, scores["improved"] + scores["raw"])}  # indexed like the candidates
 
 
 def reselect_gain_penalty(root: Path, penalty: float) -> dict:
@@ -95,11 +96,8 @@ def reselect_gain_penalty(root: Path, penalty: float) -> dict:
     ranking, ok, _ = gain_penalized(scores["amq_raw"], selection.get("amq_raw_plausible", [True] * n), [None] * n,
                                     best, penalty, paired=False)
     pick = select_sub_policy(ranking, ok, [0.0] * n)["selected"]
-    improved, top, run_pick = scores["improved"], max(scores["raw"] + scores["improved"]), scores["selected_index"]
-    return {"run": str(root), "policy": summary.get("policy"), "gain_penalty": penalty,
-            "ranking": ranking, "pick": pick, "pick_score": improved[pick], "regret": top - improved[pick],
-            "run_pick": run_pick, "run_score": improved[run_pick], "run_regret": top - improved[run_pick],
-            "regret_uniform": uniform_regret(scores["raw"], improved)}
+    return {"run": str(root), "policy": summary.get("policy"), "gain_penalty": penalty, "ranking": ranking,
+            **pick_regrets(scores, pick)}
 
 
 def main() -> int:

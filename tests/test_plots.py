@@ -99,6 +99,12 @@ def test_compare_groups_seeds_into_mean_and_std(tmp_path):
     assert table[2] == "| 0 | 15.0 ± 7.1 |" and table[3] == "| 50 | 20.0 ± 14.1 |"
     assert table[5] == "| **last** | 30.0 ± 14.1 |"    # 20 and 40
     assert table[6] == "| **best** | 35.0 ± 7.1 |"     # 30 and 40
+    per_run = plots.runs_table({"uepo": [tmp_path / "s0", tmp_path / "s1"]},
+                               plots.online_curves({"uepo": [tmp_path / "s0", tmp_path / "s1"]})).splitlines()
+    assert per_run[2] == "| uepo | s0 | 10.0 | **20.0** | 30.0 | +10.0 (+100%) |"
+    assert per_run[3] == "| uepo | s1 | 20.0 | **40.0** | 40.0 | +20.0 (+100%) |"
+    assert per_run[4] == ("| uepo | mean of 2 | 15.0 ± 7.1 | **30.0 ± 14.1** | 35.0 ± 7.1 | 15.0 ± 7.1 "
+                          "(2 of 2 above the start) |")
     out = tmp_path / "band.png"
     assert plots.main(["--compare", f"uepo={tmp_path / 's0'},{tmp_path / 's1'}", "--out", str(out)]) == 0
     assert out.stat().st_size > 0

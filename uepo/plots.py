@@ -215,6 +215,26 @@ def curves_table(curves: dict[str, list[Curve]]) -> str:
     return "\n".join(lines)
 
 
+def runs_table(runs: dict[str, list[Path]], curves: dict[str, list[Curve]]) -> str:
+    """Markdown: one row per run (its first evaluation as the start, the last, the best, the gain of the
+    last over the start), and per label with several runs their mean ± std and how many ended above
+    their start."""
+    lines = ["| label | run | start | **last** | best | last − start |", "|---|---|---|---|---|---|"]
+    for label, seeds in curves.items():
+        rows = [(Path(d).name, c[0][1], c[-1][1], max(v for _, v in c)) for d, c in zip(runs[label], seeds, strict=True)
+                if c]
+        for name, start, last, best in rows:
+            gain = f"{last - start:+.1f}" + (f" ({(last - start) / abs(start):+.0%})" if abs(start) >= 1 else "")
+            lines.append(f"| {label} | {name} | {start:.1f} | **{last:.1f}** | {best:.1f} | {gain} |")
+        if len(rows) > 1:
+            cols = [_cell(*_mean_std([r[i] for r in rows]), len(rows)) for i in (1, 2, 3)]
+            above = sum(r[2] > r[1] for r in rows)
+            gain = _cell(*_mean_std([r[2] - r[1] for r in rows]), len(rows))
+            lines.append(f"| {label} | mean of {len(rows)} | {cols[0]} | **{cols[1]}** | {cols[2]} | {gain} "
+                         f"({above} of {len(rows)} above the start) |")
+    return "\n".join(lines)
+
+
 def plot_online_comparison(curves: dict[str, list[Curve]], path: Path, title: str = "") -> Path:
     """One line per label: its mean over seeds, with a ± std band where it has several."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -260,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--compare takes LABEL=RUN_DIR pairs, e.g. uepo=runs/a ppo-scratch=runs/b")
         try:
             curves = online_curves({label: dirs.split(",") for label, dirs in (c.split("=", 1) for c in args.compare)})
-            table = curves_table(curves)
+            table = curves_table(curves) + "\n\n" + runs_table(
+                {label: dirs.split(",") for label, dirs in (c.split("=", 1) for c in args.compare)}, curves)
         except (FileNotFoundError, ValueError) as exc:
             print(f"uepo.plots: {exc}", file=sys.stderr)
             return 2

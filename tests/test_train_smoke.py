@@ -146,13 +146,15 @@ def test_phases_offline_then_online_with_resume_run_dir(tiny_hopper, tmp_path, c
     assert len(s["phases_run"]) == 6 and s["online"]["score_final"] is not None
 
 
-@pytest.mark.parametrize("flag, reused, timings", [
-    ("--no-augmentation", ["critics", "pretrain", "dynamics_T0"], {"A_critics", "B_pretrain"}),
-    ("--no-divergence", ["critics", "dynamics_T0"], {"A_critics"}),
+@pytest.mark.parametrize("flags, reused, timings", [
+    (["--no-augmentation"], ["critics", "pretrain", "dynamics_T0"], {"A_critics", "B_pretrain"}),
+    (["--no-divergence"], ["critics", "dynamics_T0"], {"A_critics"}),
+    (["--online.anneal_lr", "true"], ["critics", "pretrain", "dynamics", "improve"],
+     {"A_critics", "B_pretrain", "C_dynamics", "D_improve"}),
 ])
-def test_reuse_from_equals_training_again(smoke_run, tiny_hopper, tmp_path, flag, reused, timings):
+def test_reuse_from_equals_training_again(smoke_run, tiny_hopper, tmp_path, flags, reused, timings):
     """An ablation started from the main run's phases ends exactly where training them again does."""
-    ablation = (flag, "--phases", "offline")
+    ablation = (*flags, "--phases", "offline")
     assert smoke(tiny_hopper, tmp_path / "reused", *ablation, "--reuse_from", str(smoke_run)) == 0
     assert smoke(tiny_hopper, tmp_path / "fresh", *ablation) == 0
     s = json.loads((tmp_path / "reused" / "summary.json").read_text())
@@ -177,7 +179,8 @@ def test_reuse_from_copies_only_phases_whose_inputs_match(smoke_run, tiny_hopper
         cfg = parse_args(["--dataset", tiny_hopper, "--preset", "smoke", "--seed", "3", *flags])
         return [e.checkpoint for e in reusable_phases(cfg, smoke_run, None)]
 
-    assert reusable() == ["critics", "pretrain", "dynamics_T0", "dynamics"]
+    assert reusable() == ["critics", "pretrain", "dynamics_T0", "dynamics", "improve"]
+    assert reusable("--online.clip", "0.3") == ["critics", "pretrain", "dynamics_T0", "dynamics", "improve"]
     assert reusable("--critics.steps", "30") == ["pretrain", "dynamics_T0", "dynamics"]
     assert reusable("--no-divergence") == ["critics", "dynamics_T0"]  # C reads B through the augmentation
     assert reusable("--policy", "gaussian-ensemble") == ["critics", "dynamics_T0"]

@@ -46,6 +46,9 @@ REUSABLE = (
     # the final ensemble reads the sub-policies through the augmentation, hence pretrain's fields
     Reusable("dynamics", (*TOP, "policy"), ("data", "pretrain", "dynamics"), metric_phase="dynamics",
              timing="C_dynamics"),
+    # D reads all of the above; copying it is what --resume after D does (an online-only change reuses it)
+    Reusable("improve", (*TOP, "policy"), ("data", "critics", "pretrain", "dynamics", "improve"),
+             metric_phase="improve", timing="D_improve"),
 )
 
 

@@ -224,7 +224,8 @@ def runs_table(runs: dict[str, list[Path]], curves: dict[str, list[Curve]]) -> s
         rows = [(Path(d).name, c[0][1], c[-1][1], max(v for _, v in c)) for d, c in zip(runs[label], seeds, strict=True)
                 if c]
         for name, start, last, best in rows:
-            gain = f"{last - start:+.1f}" + (f" ({(last - start) / abs(start):+.0%})" if abs(start) >= 1 else "")
+            # a relative gain only from a start above a random policy's level (from ~0 it is meaningless)
+            gain = f"{last - start:+.1f}" + (f" ({(last - start) / start:+.0%})" if start >= 10 else "")
             lines.append(f"| {label} | {name} | {start:.1f} | **{last:.1f}** | {best:.1f} | {gain} |")
         if len(rows) > 1:
             cols = [_cell(*_mean_std([r[i] for r in rows]), len(rows)) for i in (1, 2, 3)]

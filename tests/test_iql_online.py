@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -68,6 +69,7 @@ def test_beta_is_applied_in_iql_reward_units(tiny_hopper):
 def test_iql_online_trains_from_phase_a_critics_and_logs_phase_e_curve(source_run, tmp_path):
     summary = iql_online.iql_online(source_run, 0, tmp_path / "iql", tiny_config(), progress=False)
     assert summary["env_steps"] == 240 and np.isfinite(summary["score_final"])
+    assert json.loads((tmp_path / "iql" / "summary.json").read_text())["provenance"]["cpu"]
     saved = torch.load(tmp_path / "iql" / "checkpoints" / "iql_online.pt", weights_only=False)
     critics = torch.load(source_run / "checkpoints" / "critics.pt", weights_only=False)
     assert saved["nets"]["q"].keys() == critics["q"].keys()  # the very same critics, trained on

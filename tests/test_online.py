@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -294,6 +295,8 @@ def test_ppo_from_scratch_trains_a_fresh_policy_with_phase_e_code(tmp_path, tiny
     before = fresh.denoiser.state_dict()
     assert any(not torch.equal(before[k], v) for k, v in trained["backbone"].items())  # the whole policy learns
     assert sorted({int(r[1]) for r in metric_rows(tmp_path / "ppo") if r[2] == "eval_score"}) == [0, 512, 1024]
+    provenance = json.loads((tmp_path / "ppo" / "summary.json").read_text())["provenance"]
+    assert provenance["cpu"] and provenance["torch"] == torch.__version__  # which code and CPU made the numbers
 
 
 def test_value_warmup_trains_only_the_critic_first(tmp_path):

@@ -31,7 +31,7 @@ from uepo.iql_online import IQLOnlineConfig, iql_online
 from uepo.nets import LOG_STD_MAX, LOG_STD_MIN, ValueNet
 from uepo.phases.online import run_online
 from uepo.policy import MultiSeedPolicy, policy_config
-from uepo.runs import Run, seed_everything
+from uepo.runs import Run, provenance, seed_everything
 from uepo.seeds import phase_seed
 
 PEER_SEED_PHASE = "peer"  # seeds.phase_seed name of the fresh networks' initialisation
@@ -72,7 +72,8 @@ def ppo_scratch(dataset: str, seed: int, run_dir: Path, cfg: OnlineConfig, devic
     bundle = scratch_bundle(data.obs_dim, data.action_dim, data.obs_mean, data.obs_std, data.env_id,
                             data.provenance, seed)
     run = Run(Path(run_dir), resume=(Path(run_dir) / "checkpoints").exists())
-    run.update_summary(peer="ppo-scratch", dataset=data.provenance, seed=seed, config=dataclasses.asdict(cfg))
+    run.update_summary(peer="ppo-scratch", dataset=data.provenance, seed=seed, config=dataclasses.asdict(cfg),
+                       provenance=provenance(device))
     try:
         return run_online(run, cfg, bundle, seed=seed, env=data.env_spec or data.env_id, progress=progress,
                           device=device)

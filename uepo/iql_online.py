@@ -43,7 +43,7 @@ from uepo.phases import PhaseContext, sample_indices, snapshot
 from uepo.phases.critics import build_critics, polyak_update, update_q, update_v
 from uepo.phases.online import record_score, reference_scores
 from uepo.phases.runner import Trainer, train
-from uepo.runs import Run, seed_everything
+from uepo.runs import Run, provenance, seed_everything
 from uepo.tasks import normalized_score
 
 PHASE = "online"  # the curve sits where phase E's does: metrics.csv phase ``online``, key ``eval_score``
@@ -322,7 +322,8 @@ def iql_online(source: Path, seed: int, run_dir: Path, cfg: IQLOnlineConfig, pro
     ref = reference_scores(data.env_id, data.provenance)
     run = Run(Path(run_dir), resume=True)
     run.update_summary(peer="iql-online", source_run=str(source), dataset=data.provenance, seed=seed,
-                       config=dataclasses.asdict(cfg), beta_raw_units=advantage_beta(data, cfg))
+                       config=dataclasses.asdict(cfg), beta_raw_units=advantage_beta(data, cfg),
+                       provenance=provenance())
     seed_everything(seeds.phase_seed(seed, "peer_iql"))
     nets = build_nets(data, source_cfg, critics, cfg)
     buffer = ReplayBuffer(data, cfg.env_steps)

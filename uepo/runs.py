@@ -14,7 +14,9 @@ import io
 import json
 import math
 import os
+import platform
 import random
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -41,6 +43,28 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown CPU"
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("-dirty" if dirty else "")) or None
+
+
+def provenance(device: str = "cpu", threads: int | None = None, processes: int = 1) -> dict[str, Any]:
+    """What a run's numbers depend on besides its config: code version, torch, CPU kind, kernel backend."""
+    from uepo import ops  # here: importing ops loads the compiled library, which most users of runs.py never need
+
+    return {"git_commit": git_commit(), "torch": torch.__version__, "python": platform.python_version(),
+            "kernel_backend": ops.backend(device), "threads": threads or torch.get_num_threads(),
+            "machine": platform.machine(), "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "processes": processes}
 
 
 def check_finite(value: Tensor | float, phase: str, step: int, name: str) -> None:

@@ -13,8 +13,6 @@ the main run's finished phases with ``--reuse_from RUN_DIR`` (uepo/reuse.py).
 
 from __future__ import annotations
 
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,24 +32,12 @@ from uepo.phases.online import run_online
 from uepo.phases.pretrain import pretrain
 from uepo.plots import make_plots
 from uepo.reuse import reuse_phases
-from uepo.runs import NonFiniteLossError, Run, cpu_model, seed_everything
+from uepo.runs import NonFiniteLossError, Run, provenance, seed_everything
 
 PHASES_RUN = ["A critics (IQL)", "B multi-seed pretraining", "C dynamics + augmentation",
               "D improvement + selection", "evaluation"]
 PHASE_ONLINE = "E online fine-tuning"
 ALL_PHASES = [*PHASES_RUN, PHASE_ONLINE]
-
-
-def git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (commit + ("-dirty" if dirty else "")) or None
 
 
 def run_directory(cfg: Config) -> Path:
@@ -309,11 +295,7 @@ def _fit_in(run: Run, cfg: Config, data: OfflineData, command: str | None, progr
     run.update_summary(
         dataset=data.provenance, env_id=data.env_id, preset=cfg.preset, seed=cfg.seed, policy=cfg.policy,
         command=command or "uepo.fit(...)",
-        provenance={"git_commit": git_commit(), "torch": torch.__version__,
-                    "python": platform.python_version(),
-                    "kernel_backend": ops.backend(cfg.device), "threads": cfg.threads,
-                    "machine": platform.machine(), "cpu": cpu_model(),
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "processes": world.size},
+        provenance=provenance(cfg.device, cfg.threads, world.size),
         phases_run=done,
         scores_note="local/Minari data: scores are not comparable with D4RL-v2 tables",
     )

@@ -280,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         if any("=" not in c for c in args.compare):
             parser.error("--compare takes LABEL=RUN_DIR pairs, e.g. uepo=runs/a ppo-scratch=runs/b")
         try:
-            curves = online_curves({label: dirs.split(",") for label, dirs in (c.split("=", 1) for c in args.compare)})
-            table = curves_table(curves) + "\n\n" + runs_table(
-                {label: dirs.split(",") for label, dirs in (c.split("=", 1) for c in args.compare)}, curves)
+            runs = {label: dirs.split(",") for label, dirs in (c.split("=", 1) for c in args.compare)}
+            curves = online_curves(runs)
+            table = curves_table(curves) + "\n\n" + runs_table(runs, curves)
         except (FileNotFoundError, ValueError) as exc:
             print(f"uepo.plots: {exc}", file=sys.stderr)
             return 2

@@ -20,7 +20,15 @@ import torch
 
 from uepo.config import ImproveConfig, apply_overrides, preset
 from uepo.data import load_offline_data
-from uepo.evaluate import RANDOM_LEVEL, evaluate_policy, rank_correlation, score_warnings, selection_report
+from uepo.evaluate import (
+    RANDOM_LEVEL,
+    evaluate_policy,
+    evaluation_episode_scores,
+    rank_correlation,
+    regret_floor,
+    score_warnings,
+    selection_report,
+)
 from uepo.phases import BatchSampler, PhaseContext
 from uepo.phases.critics import train_critics
 from uepo.phases.dynamics import termination_fn, train_dynamics
@@ -302,6 +310,26 @@ def test_rank_correlation_and_regret():
     assert r["regret_vs_raw"] == pytest.approx(10.0) and not r["amq_picks_best_improved"]
     assert r["regret_uniform"] == pytest.approx(40.0 - 85.0 / 3)  # best of the pool − mean of the improved
     assert r["amq_rank_correlation"] == pytest.approx(-1.0)
+    assert "regret_floor" not in r  # only with per-episode scores
+
+
+def test_regret_floor():
+    # two candidates with paired episodes [0, 2] and [2, 0]: equal means, the first is the "perfect" pick; of
+    # the 4 equally likely resamples only (0, 0) makes it measure worse, by 2, so the floor is 2/4
+    assert regret_floor([[0.0, 2.0], [2.0, 0.0]], draws=40_000) == pytest.approx(0.5, abs=0.02)
+    assert regret_floor([[5.0, 5.0, 5.0], [1.0, 4.0, 2.0]]) == 0.0  # no resample of the second reaches 5
+    assert regret_floor([[5.0, 5.0, 5.0], [1.0, 9.0, 2.0]]) > 0.0  # (9, 9, 9) and the like do
+    assert regret_floor([[3.0, 1.0, 2.0], [3.0, 1.0, 2.0]]) == 0.0  # the same policy twice (BPPO kept the raw head)
+    noisy = [[10.0 + 8 * (-1) ** j for j in range(10)], [9.0 + 8 * (-1) ** (j // 2) for j in range(10)]]
+    assert regret_floor(noisy) > 1.0  # 1 point apart with ±8 episode noise: 10 episodes cannot tell them apart
+    assert regret_floor([[1.0, 2.0]]) is None and regret_floor([[1.0], [2.0]]) is None
+    assert regret_floor([[1.0, 2.0], [1.0, 2.0, 3.0]]) is None
+    assert regret_floor([[0.0, 2.0], [2.0, 0.0]], seed=3) == regret_floor([[0.0, 2.0], [2.0, 0.0]], seed=3)
+    evaluation = {"raw": [{"scores": [0.0, 2.0]}], "improved": [{"scores": [2.0, 0.0]}]}
+    assert evaluation_episode_scores(evaluation) == [[0.0, 2.0], [2.0, 0.0]]
+    assert evaluation_episode_scores({"raw": [{"score_mean": 1.0}]}) is None
+    r = selection_report(0, [0.0], [0.0], [1.0], [1.0], evaluation_episode_scores(evaluation))
+    assert r["regret_floor"] == regret_floor([[0.0, 2.0], [2.0, 0.0]])
 
 
 def test_first_action_weight_and_start_oversampling(tiny_hopper):

@@ -62,6 +62,7 @@ def test_summary_has_scores_timings_and_provenance(smoke_run, tiny_hopper):
     report = scores["selection_report"]
     assert report["regret"] == pytest.approx(max(scores["raw"] + scores["improved"]) - scores["selected"])
     assert report["regret"] >= 0 and "amq_rank_correlation" in report and scores["selection_method"] == "amq"
+    assert report["regret_floor"] is None  # one evaluation episode per policy (smoke): nothing to resample
     assert scores["nearest_divergence"] > 0
     # 40 steps of pretraining do not make a hopper hop: the run says its policies are at a random policy's level
     # (and nothing else: no T̂ or AM-Q warning)

@@ -112,6 +112,36 @@ def uniform_regret(raw: list[float] | None, improved: list[float] | None) -> flo
     return max(improved + (raw or [])) - float(np.mean(improved))
 
 
+def regret_floor(episode_scores: list[list[float]], draws: int = 2000, seed: int = 0) -> float | None:
+    """The regret that a pick knowing every candidate's true score still shows on average, because the
+    regret is itself measured from a few evaluation episodes per candidate.
+
+    ``episode_scores`` (candidates × episodes) are the evaluation's per-episode scores; every candidate
+    played the same episode seeds, so a paired bootstrap resamples episodes jointly. Taking the measured
+    means as the truth, the perfect pick j* is the best of them, and the floor is the mean over resamples of
+    max_j m*_j − m*_{j*}. A selection rule whose regret is near this cannot be told from a perfect one with
+    this evaluation; a target below it needs more evaluation episodes (it shrinks about as 1/√episodes).
+    None when there is nothing to resample (fewer than 2 candidates or 2 episodes, or unequal counts).
+    """
+    lengths = {len(e) for e in episode_scores}
+    if len(episode_scores) < 2 or len(lengths) != 1 or lengths.pop() < 2:
+        return None
+    x = np.asarray(episode_scores, dtype=np.float64)
+    best = int(np.argmax(x.mean(axis=1)))
+    resampled = np.random.default_rng(seed).integers(0, x.shape[1], (draws, x.shape[1]))
+    means = x[:, resampled].mean(axis=2)  # (candidates, draws)
+    return float((means.max(axis=0) - means[best]).mean())
+
+
+def evaluation_episode_scores(evaluation: dict) -> list[list[float]] | None:
+    """Per-episode scores of every evaluated raw and improved sub-policy in a run's ``evaluation`` section
+    (summary.json), raw first: the candidates of the selection regret."""
+    runs = (evaluation or {}).get("raw", []) + (evaluation or {}).get("improved", [])
+    if not runs or any("scores" not in r for r in runs):
+        return None
+    return [list(r["scores"]) for r in runs]
+
+
 RANDOM_LEVEL = 2.0  # normalised scores below this are a random policy's (0 by definition; its episodes spread ~±1)
 
 
@@ -140,14 +170,15 @@ def score_warnings(scores: dict) -> list[str]:
 
 
 def selection_report(selected: int, amq_raw: list[float], amq_best: list[float], raw: list[float] | None,
-                     improved: list[float] | None) -> dict:
+                     improved: list[float] | None, episode_scores: list[list[float]] | None = None) -> dict:
     """How well did AM-Q select, measured with real-env scores of every candidate.
 
     regret = (best real score over raw and improved sub-policies) − (selected policy's real score);
     regret_uniform = the regret that a pick made uniformly at random among the improved sub-policies
     has on average (best − their mean): the no-information baseline, so a selection rule is worth its
-    cost only where its regret is below it. The rank correlations compare AM-Q with the real scores
-    over sub-policies.
+    cost only where its regret is below it. regret_floor = what a perfect pick's regret measures on
+    average with this evaluation (``regret_floor``, from the candidates' ``episode_scores``): the
+    evaluation's own noise. The rank correlations compare AM-Q with the real scores over sub-policies.
     """
     out: dict = {"selected_index": selected}
     if improved is not None:
@@ -160,6 +191,8 @@ def selection_report(selected: int, amq_raw: list[float], amq_best: list[float],
                    amq_rank_correlation=rank_correlation(amq_best, improved))
         if raw is not None:
             out["regret_vs_raw"] = max(raw) - chosen
+        if episode_scores is not None:
+            out["regret_floor"] = regret_floor(episode_scores)
     if raw is not None:
         out["amq_raw_rank_correlation"] = rank_correlation(amq_raw, raw)
     return out

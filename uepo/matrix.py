@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from uepo.evaluate import uniform_regret
+from uepo.evaluate import evaluation_episode_scores, regret_floor, uniform_regret
 
 VARIANTS = {
     "main": [],
@@ -191,6 +191,15 @@ def t0_fit_seconds(source: Path) -> float | None:
     return t0[-1] - b_end[-1] if b_end and t0 else None
 
 
+def regret_floor_of(summary: dict) -> float | None:
+    """A perfect pick's measured regret (``evaluate.regret_floor``) from the run's per-episode scores; computed
+    again here for summaries written before the key existed (the same numbers: a fixed bootstrap seed)."""
+    if "regret_floor" in summary.get("scores", {}).get("selection_report", {}):
+        return summary["scores"]["selection_report"]["regret_floor"]
+    episodes = evaluation_episode_scores(summary.get("evaluation", {}))
+    return None if episodes is None else regret_floor(episodes)
+
+
 def run_record(job: Job) -> dict:
     """What matrix.json keeps of one finished run."""
     s = job.summary()
@@ -202,6 +211,7 @@ def run_record(job: Job) -> dict:
         "selected": sc.get("selected"), "selected_index": sc.get("selected_index"),
         "selection_method": sc.get("selection_method"), "regret": report.get("regret"),
         "regret_uniform": uniform_regret(sc.get("raw"), sc.get("improved")),  # summaries before it lack the key
+        "regret_floor": regret_floor_of(s),
         "regret_vs_raw": report.get("regret_vs_raw"), "regret_vs_improved": report.get("regret_vs_improved"),
         "amq_rank_correlation": report.get("amq_rank_correlation"),
         "amq_raw_rank_correlation": report.get("amq_raw_rank_correlation"),
@@ -221,9 +231,11 @@ def selection_lines(ds_jobs: list[Job], seeds: list[int]) -> list[str]:
     lines = ["", "Selection, measured in the real env: regret = best real score over raw and improved "
              "sub-policies − the selected one's; ρ = Spearman correlation of AM-Q with the improved "
              "sub-policies' real scores (raw: of the raw μⁱ's AM-Q with their scores); ✓ = AM-Q ranked the "
-             "best improved sub-policy first:", "",
+             "best improved sub-policy first; a perfect pick's = the regret that a pick knowing every true score "
+             "still measures, from the evaluation's own episode noise (a paired bootstrap of its episodes):", "",
              "| variant | " + " | ".join(f"seed {s}: regret / ρ / ρ raw" for s in seeds)
-             + " | mean regret | a random pick's | best first |", "|---|" + "---|" * (len(seeds) + 3)]
+             + " | mean regret | a random pick's | a perfect pick's | best first |",
+             "|---|" + "---|" * (len(seeds) + 4)]
     for variant in VARIANTS:
         recs = {j.seed: run_record(j) for j in ds_jobs if j.variant == variant and j.finished()}
         if not recs or all(r["regret"] is None for r in recs.values()):
@@ -235,9 +247,11 @@ def selection_lines(ds_jobs: list[Job], seeds: list[int]) -> list[str]:
             return f"{r['regret']:.1f} / {rho} / {rho_raw}" + (" ✓" if r["amq_picks_best_improved"] else "")
         regrets = [r["regret"] for r in recs.values() if r["regret"] is not None]
         uniform = [r["regret_uniform"] for r in recs.values() if r["regret_uniform"] is not None]
+        floors = [r["regret_floor"] for r in recs.values() if r["regret_floor"] is not None]
         firsts = sum(bool(r["amq_picks_best_improved"]) for r in recs.values())
         lines.append(f"| {variant} | " + " | ".join(cell(recs[s]) if s in recs else "—" for s in seeds)
-                     + f" | {mean_std(regrets)} | {mean_std(uniform)} | {firsts} of {len(recs)} |")
+                     + f" | {mean_std(regrets)} | {mean_std(uniform)} | {mean_std(floors) if floors else '—'} "
+                     f"| {firsts} of {len(recs)} |")
     return lines
 
 
@@ -269,7 +283,8 @@ def targets_table(jobs: list[Job]) -> list[str]:
         return "—" if v is None else f"{v:.1f}"
 
     lines = ["| dataset | seeds | raw μⁱ: UEPO / Gaussian | selected UEPO | data's own | 1.059 × selected Gaussian "
-             "| mean regret (a random pick's) | AM-Q ranks best first |", "|---|---|---|---|---|---|---|---|"]
+             "| mean regret (a random pick's; a perfect pick's) | AM-Q ranks best first |",
+             "|---|---|---|---|---|---|---|---|"]
     for dataset in dict.fromkeys(j.dataset for j in jobs):
         recs = {v: [run_record(j) for j in jobs if j.dataset == dataset and j.variant == v and j.finished()]
                 for v in ("main", "gaussian-ensemble")}
@@ -281,10 +296,12 @@ def targets_table(jobs: list[Job]) -> list[str]:
         sel_u, sel_g = avg([r["selected"] for r in main]), avg([r["selected"] for r in gauss])
         regret = avg([r["regret"] for r in main if r["regret"] is not None])
         uniform = avg([r["regret_uniform"] for r in main if r["regret_uniform"] is not None])
+        floor = avg([r["regret_floor"] for r in main if r["regret_floor"] is not None])
         firsts = sum(bool(r["amq_picks_best_improved"]) for r in main)
         target_g = None if sel_g is None else 1.059 * sel_g
         lines.append(f"| {dataset} | {len(main)} | {fmt(raw_u)} / {fmt(raw_g)} | {fmt(sel_u)} "
-                     f"| {fmt(main[0]['dataset_episodes'])} | {fmt(target_g)} | {fmt(regret)} ({fmt(uniform)}) "
+                     f"| {fmt(main[0]['dataset_episodes'])} | {fmt(target_g)} "
+                     f"| {fmt(regret)} ({fmt(uniform)}; {fmt(floor)}) "
                      f"| {firsts} of {len(main)} |")
     return lines
 

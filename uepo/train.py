@@ -23,7 +23,7 @@ from uepo import distributed, ops, seeds
 from uepo.cli import parse_args
 from uepo.config import Config, load_yaml, preset, save_yaml, to_dict, validate
 from uepo.data import DatasetError, OfflineData, load_offline_data
-from uepo.evaluate import evaluate_policy, score_warnings, selection_report
+from uepo.evaluate import evaluate_policy, evaluation_episode_scores, score_warnings, selection_report
 from uepo.phases import PhaseContext
 from uepo.phases.critics import train_critics
 from uepo.phases.dynamics import augmentation_warnings, train_dynamics
@@ -140,7 +140,8 @@ def selection_table(scores: dict, selection: dict, episodes: int) -> str:
     report = scores.get("selection_report", {})
     lines.append(f"selected sub-policy {scores['selected_index']} ({selection.get('method', 'amq')}): "
                  f"{fmt(scores.get('selected'))} over {episodes} episodes; regret {fmt(report.get('regret'))} "
-                 f"(a random pick's: {fmt(report.get('regret_uniform'))}), "
+                 f"(a random pick's: {fmt(report.get('regret_uniform'))}; a perfect pick's, from the "
+                 f"evaluation's noise: {fmt(report.get('regret_floor'))}), "
                  f"AM-Q rank correlation {fmt(report.get('amq_rank_correlation'), '.2f')} "
                  f"(raw {fmt(report.get('amq_raw_rank_correlation'), '.2f')})")
     if "ranking" in selection:
@@ -214,7 +215,7 @@ def run_offline(ctx: PhaseContext, done: list[str]) -> None:
     }
     if evals and None not in (raw or []) + (improved_scores or []):
         scores["selection_report"] = selection_report(improved.selected, improved.amq_raw, improved.amq_best,
-                                                      raw, improved_scores)
+                                                      raw, improved_scores, evaluation_episode_scores(evals))
     warnings = augmentation_warnings(dynamics.metrics) + improved.selection.get("warnings", []) + score_warnings(scores)
     run.update_summary(scores=scores, evaluation=evals, phases_run=done, pretrain=pre.metrics,
                        dynamics=dynamics.metrics, selection=improved.selection, warnings=warnings)

@@ -16,15 +16,22 @@ benchmarks/test_bench_acting.py's default sizes):
 - ``collect (python)``: the same with the Python step;
 - ``threaded``: ``alternate`` with the sampler on a worker thread (Event hand-off), to see whether
   keeping it off the env's core removes the cost of alternating.
+- ``env (process)``, ``alternate (env process)``: the env alone, and alternating with the sampler, with the
+  env in a worker process on the other core (``EnvProcess``: shared memory, both sides spin on a flag, no
+  system call per step). If alternating costs because the sampler and MuJoCo evict each other from one
+  core's caches, this removes the cost at the price of a hand-off and of both cores; ``--no_process``
+  skips it where the machine has one core.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing as mp
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing import shared_memory
 
 import numpy as np
 import torch
@@ -62,10 +69,69 @@ class SamplerThread:
         return self.out
 
 
+def _env_worker(name: str, action_dim: int, obs_shape: tuple[int, ...], dtype: str, env_id: str, history: int) -> None:
+    shm = shared_memory.SharedMemory(name=name)
+    flag, action, obs = EnvProcess.views(shm, action_dim, obs_shape, dtype)
+    vec = envs.make_vector_env(env_id, 1, history)
+    obs[...] = vec.reset(seed=[0])[0]
+    flag[0] = EnvProcess.DONE
+    while True:  # spin: a step request is answered without a system call on either side
+        f = flag[0]
+        if f == EnvProcess.REQUEST:
+            obs[...] = vec.step(action)[0]
+            flag[0] = EnvProcess.DONE
+        elif f == EnvProcess.STOP:
+            break
+    vec.close()
+    del flag, action, obs
+    shm.close()
+
+
+class EnvProcess:
+    """A 1-env vector env stepped in a worker process: the action goes in and the observation comes out
+    through shared memory, and both sides spin on a flag (x86 keeps the stores in order)."""
+
+    IDLE, REQUEST, DONE, STOP = 0, 1, 2, 3
+
+    @staticmethod
+    def views(shm: shared_memory.SharedMemory, action_dim: int, obs_shape: tuple[int, ...],
+              dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        flag = np.ndarray((1,), np.int64, shm.buf, 0)
+        action = np.ndarray((1, action_dim), np.float64, shm.buf, 64)  # its own cache line
+        obs = np.ndarray(obs_shape, np.dtype(dtype), shm.buf, 128 + 8 * action_dim)
+        return flag, action, obs
+
+    def __init__(self, env_id: str, history: int, action_dim: int, obs_shape: tuple[int, ...], dtype: str):
+        size = 128 + 8 * action_dim + int(np.prod(obs_shape)) * np.dtype(dtype).itemsize
+        self.shm = shared_memory.SharedMemory(create=True, size=size)
+        self.flag, self.action, self.obs = self.views(self.shm, action_dim, obs_shape, dtype)
+        self.flag[0] = self.IDLE
+        self.proc = mp.get_context("spawn").Process(
+            target=_env_worker, args=(self.shm.name, action_dim, obs_shape, dtype, env_id, history), daemon=True)
+        self.proc.start()
+        while self.flag[0] != self.DONE:
+            time.sleep(0.01)
+
+    def step(self, action: np.ndarray) -> np.ndarray:
+        self.action[...] = action
+        self.flag[0] = self.REQUEST
+        while self.flag[0] != self.DONE:
+            pass
+        return self.obs
+
+    def close(self) -> None:
+        self.flag[0] = self.STOP
+        self.proc.join()
+        del self.flag, self.action, self.obs
+        self.shm.close()
+        self.shm.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2048, help="env steps per timed part")
+    parser.add_argument("--no_process", action="store_true", help="skip the parts with the env in a worker process")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seed_everything(0)
@@ -106,6 +172,12 @@ def main() -> None:
         "collect (python)": lambda: collect(python_agent),
         "threaded": lambda: [(threaded(c), vec.step(a)) for c, a in zip(conds, actions, strict=True)],
     }
+    proc = None
+    if not args.no_process:
+        proc = EnvProcess("Hopper-v5", policy.history, policy.action_dim, vec.frames.shape, str(vec.frames.dtype))
+        parts["env (process)"] = lambda: [proc.step(a) for a in actions]
+        parts["alternate (env process)"] = lambda: [(sampler(c), proc.step(a))
+                                                    for c, a in zip(conds, actions, strict=True)]
     best = dict.fromkeys(parts, float("inf"))
     for _ in range(args.rounds):  # interleaved, so that load from other processes hits every part alike
         for name, fn in parts.items():
@@ -115,9 +187,13 @@ def main() -> None:
             best[name] = min(best[name], time.perf_counter() - start)
     for name, seconds in best.items():
         print(f"{name:17s} {seconds / steps * 1e3:.3f} ms per env step")
+    if proc is not None:
+        proc.close()
     limit = best["sampler"] + best["env"]
     print(f"ratio to limit: collect {limit / best['collect']:.2f} (with the Python step "
-          f"{limit / best['collect (python)']:.2f}), alternate alone {limit / best['alternate']:.2f}")
+          f"{limit / best['collect (python)']:.2f}), alternate alone {limit / best['alternate']:.2f}"
+          + ("" if proc is None else
+             f", alternate with the env in a process {limit / best['alternate (env process)']:.2f}"))
 
 
 if __name__ == "__main__":

@@ -192,10 +192,8 @@ def t0_fit_seconds(source: Path) -> float | None:
 
 
 def regret_floor_of(summary: dict) -> float | None:
-    """A perfect pick's measured regret (``evaluate.regret_floor``) from the run's per-episode scores; computed
-    again here for summaries written before the key existed (the same numbers: a fixed bootstrap seed)."""
-    if "regret_floor" in summary.get("scores", {}).get("selection_report", {}):
-        return summary["scores"]["selection_report"]["regret_floor"]
+    """A perfect pick's measured regret (``evaluate.regret_floor``) from the run's stored per-episode scores, as
+    ``regret_uniform`` is recomputed: summaries before the key lack it (a fixed bootstrap seed: the same number)."""
     episodes = evaluation_episode_scores(summary.get("evaluation", {}))
     return None if episodes is None else regret_floor(episodes)
 

@@ -147,3 +147,28 @@ def test_report_of_runs_gathered_from_two_sweeps_where_only_some_seeds_reused_ph
     table = report([seed0, seed1])
     assert "| selected, gaussian-ensemble | 20.0 | 21.0 | 20.5 ± 0.7 |" in table
     assert "| gaussian-ensemble | 2 |" in table.split("Wall time per phase")[1]
+
+
+def test_compare_matrices_pairs_runs_by_dataset_variant_seed(tmp_path):
+    """scripts/compare_matrices.py: a run in one side only is left out; means and paired differences by hand."""
+    spec = importlib.util.spec_from_file_location(
+        "compare_matrices", os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "compare_matrices.py"))
+    compare_matrices = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_matrices)
+
+    def record(seed: int, selected: float, regret: float, improved: list[float]) -> dict:
+        return {"dataset": "d", "variant": "main", "seed": seed, "raw": [1.0, 3.0], "improved": improved,
+                "selected": selected, "regret": regret}
+
+    base = tmp_path / "base.json"
+    new = tmp_path / "new.json"
+    base.write_text(json.dumps({"runs": [record(0, 10.0, 4.0, [2.0, 4.0]), record(1, 20.0, 2.0, [6.0, 6.0]),
+                                         record(2, 99.0, 0.0, [0.0, 0.0])]}))
+    new.write_text(json.dumps({"runs": [record(0, 13.0, 1.0, [3.0, 3.0]), record(1, 21.0, 0.0, [6.0, 8.0])]}))
+    rows = compare_matrices.compare(compare_matrices.load([base]), compare_matrices.load([new]))
+    pooled = rows[-1]
+    assert pooled["group"] == "**main, all**" and pooled["runs"] == 2  # seed 2 is in the base only
+    assert pooled["selected"] == [15.0, 17.0] and pooled["regret"] == [3.0, 0.5]
+    assert pooled["improved"] == [4.5, 5.0] and pooled["raw"] == [2.0, 2.0]
+    assert pooled["selected_diff"] == [3.0, 1.0]
+    assert "+2.00 ± 1.41" in compare_matrices.table(rows)

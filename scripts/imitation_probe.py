@@ -5,7 +5,8 @@
 
 Everything after ``--`` is ``python -m uepo.train``'s own flags (preset, dataset, overrides). Phase B
 runs (or is loaded from ``run_dir``, which resumes like a training run); then, for each seed
-temperature, the sub-policies are re-drawn from the same backbone, τ is recalibrated, and every raw
+temperature, the sub-policies are re-drawn from the same backbone, τ is recalibrated (on ``--tau_draws`` draws of
+dataset states: how much a sub-policy's score hangs on τ), and every raw
 μ^i plays ``--episodes`` deterministic episodes (the seeds of ``uepo.train``'s evaluation). One JSON
 line per temperature goes to ``run_dir/probe.jsonl``: scores, the mean nearest-competitor divergence
 of the sub-policies, and the first-action error against the dataset's actions.
@@ -58,6 +59,8 @@ def main() -> int:
     parser.add_argument("--run_dir", required=True)
     parser.add_argument("--temperatures", type=float, nargs="*", default=[1.0])
     parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--tau_draws", type=int, default=1,
+                        help="recalibrate τ on this many draws of 2048 dataset states (draw 0: the default one)")
     parser.add_argument("--as_trained", action="store_true",
                         help="score phase B's own sub-policies (its seed temperature and τ), as a training run does")
     args, rest = parser.parse_known_args()
@@ -76,10 +79,12 @@ def main() -> int:
     states = sample_indices(data.size, 2048, gen)
     temperatures = args.temperatures if cfg.policy == "diffusion" and not args.as_trained else [None]
     with open(Path(args.run_dir) / "probe.jsonl", "a") as out:
-        for t in temperatures:
+        for t, draw in ((temp, k) for temp in temperatures for k in range(args.tau_draws if temp is not None else 1)):
             policy = pre.policy if t is None else redraw(pre.policy, t)
             if t is not None and cfg.pretrain.divergence:
-                tau, _ = calibrate_tau(policy, data.cond(states, policy.history), cfg.pretrain.tau_quantile)
+                tau_states = states if draw == 0 else sample_indices(
+                    data.size, 2048, torch.Generator().manual_seed(cfg.seed * 1000 + 77 + draw))
+                tau, _ = calibrate_tau(policy, data.cond(tau_states, policy.history), cfg.pretrain.tau_quantile)
                 policy.set_tau(tau)
             stats = imitation_stats(policy, data, states)
             raw = [evaluate_policy(policy, data.env_spec, i, episodes=args.episodes, raw=True,
@@ -87,7 +92,8 @@ def main() -> int:
                                    ref_max_score=data.ref_max_score)["score_mean"] for i in range(policy.num_seeds)]
             row = {"dataset": cfg.dataset, "seed": cfg.seed, "policy": cfg.policy,
                    "temperature": policy.seed_temperature if cfg.policy == "diffusion" else None,
-                   "tau": policy.tau, "raw": raw, "raw_mean": sum(raw) / len(raw), "raw_best": max(raw),
+                   "tau": policy.tau, "tau_draw": draw, "raw": raw, "raw_mean": sum(raw) / len(raw),
+                   "raw_best": max(raw),
                    "episodes": args.episodes, "eval_seed": evaluation_seed(cfg.seed),
                    "train_s": round(train_s, 1), "overrides": rest, **stats}
             out.write(json.dumps(row) + "\n")

@@ -75,16 +75,17 @@ def main() -> int:
     start = time.perf_counter()
     pre = pretrain(ctx)
     train_s = time.perf_counter() - start
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 77)
-    states = sample_indices(data.size, 2048, gen)
+    def dataset_states(draw: int) -> torch.Tensor:  # draw 0: the states of the stats (and of τ by default)
+        return sample_indices(data.size, 2048, torch.Generator().manual_seed(cfg.seed * 1000 + 77 + draw))
+
+    states = dataset_states(0)
     temperatures = args.temperatures if cfg.policy == "diffusion" and not args.as_trained else [None]
     with open(Path(args.run_dir) / "probe.jsonl", "a") as out:
         for t, draw in ((temp, k) for temp in temperatures for k in range(args.tau_draws if temp is not None else 1)):
             policy = pre.policy if t is None else redraw(pre.policy, t)
             if t is not None and cfg.pretrain.divergence:
-                tau_states = states if draw == 0 else sample_indices(
-                    data.size, 2048, torch.Generator().manual_seed(cfg.seed * 1000 + 77 + draw))
-                tau, _ = calibrate_tau(policy, data.cond(tau_states, policy.history), cfg.pretrain.tau_quantile)
+                tau, _ = calibrate_tau(policy, data.cond(dataset_states(draw), policy.history),
+                                       cfg.pretrain.tau_quantile)
                 policy.set_tau(tau)
             stats = imitation_stats(policy, data, states)
             raw = [evaluate_policy(policy, data.env_spec, i, episodes=args.episodes, raw=True,

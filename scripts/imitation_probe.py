@@ -9,7 +9,9 @@ temperature, the sub-policies are re-drawn from the same backbone, τ is recalib
 dataset states: how much a sub-policy's score hangs on τ), and every raw
 μ^i plays ``--episodes`` deterministic episodes (the seeds of ``uepo.train``'s evaluation). One JSON
 line per temperature goes to ``run_dir/probe.jsonl``: scores, the mean nearest-competitor divergence
-of the sub-policies, and the first-action error against the dataset's actions.
+of the sub-policies, and the first-action error against the dataset's actions. ``--mean_draws M`` adds one
+row for the model's conditional mean (the mean first action of M prior draws per state, as a Gaussian BC
+member acts with its mean): the like-for-like test of the denoiser's fit.
 """
 
 from __future__ import annotations
@@ -40,6 +42,22 @@ def redraw(policy: MultiSeedPolicy, temperature: float) -> MultiSeedPolicy:
     return fresh
 
 
+class ConditionalMean:
+    """The diffusion model's conditional mean E[a_t | S_t], estimated per state as the mean first action of M
+    DDIM chains from full prior draws ε ~ N(0, I) without the divergence perturbation: what a Gaussian BC
+    member acts with, so the like-for-like comparison of the denoiser's fit (one policy, ``num_seeds`` 1)."""
+
+    num_seeds = 1
+
+    def __init__(self, policy: MultiSeedPolicy, draws: int):
+        config = dict(policy.config, seed_temperature=1.0, num_seeds=draws, eta=0.0, seed_offsets=None)
+        self.chains = MultiSeedPolicy(config, policy.obs_mean, policy.obs_std, backbone=policy.denoiser)
+        self.obs_mean, self.history = policy.obs_mean, policy.history
+
+    def base_action(self, obs_history: torch.Tensor, seed_index: int = 0) -> torch.Tensor:
+        return self.chains.base_chunks(obs_history)[:, :, 0].mean(1)
+
+
 @torch.no_grad()
 def imitation_stats(policy: MultiSeedPolicy, data, states: torch.Tensor) -> dict:
     cond = data.cond(states, policy.history)
@@ -61,6 +79,9 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--tau_draws", type=int, default=1,
                         help="recalibrate τ on this many draws of 2048 dataset states (draw 0: the default one)")
+    parser.add_argument("--mean_draws", type=int, default=0,
+                        help="also score the model's conditional mean: the mean first action of this many prior "
+                             "draws per state (0: skip)")
     parser.add_argument("--as_trained", action="store_true",
                         help="score phase B's own sub-policies (its seed temperature and τ), as a training run does")
     args, rest = parser.parse_known_args()
@@ -97,6 +118,17 @@ def main() -> int:
                    "raw_best": max(raw),
                    "episodes": args.episodes, "eval_seed": evaluation_seed(cfg.seed),
                    "train_s": round(train_s, 1), "overrides": rest, **stats}
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            print(json.dumps(row), file=sys.stderr)
+        if args.mean_draws > 0 and cfg.policy == "diffusion":
+            mean_policy = ConditionalMean(pre.policy, args.mean_draws)
+            score = evaluate_policy(mean_policy, data.env_spec, 0, episodes=args.episodes, raw=True,
+                                    seed=evaluation_seed(cfg.seed), ref_min_score=data.ref_min_score,
+                                    ref_max_score=data.ref_max_score)["score_mean"]
+            row = {"dataset": cfg.dataset, "seed": cfg.seed, "policy": cfg.policy, "conditional_mean_draws":
+                   args.mean_draws, "raw": [score], "raw_mean": score, "episodes": args.episodes,
+                   "eval_seed": evaluation_seed(cfg.seed), "overrides": rest}
             out.write(json.dumps(row) + "\n")
             out.flush()
             print(json.dumps(row), file=sys.stderr)

@@ -407,6 +407,34 @@ def test_ddpm_policy_is_deterministic_per_seed():
     assert torch.equal(loaded.base_chunks(hist), a)
 
 
+def test_imitation_probe_conditional_mean_averages_unperturbed_prior_draws():
+    """scripts/imitation_probe.py's ConditionalMean: the mean first action of M full-prior chains, η = 0,
+    whatever the policy's own seed temperature and τ."""
+    import importlib.util
+    import os
+
+    from uepo.policy import policy_config
+
+    spec = importlib.util.spec_from_file_location(
+        "imitation_probe", os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "imitation_probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    torch.manual_seed(0)
+    cfg = policy_config("diffusion", 4, 2, 2, 4, 3, width=16, num_blocks=1, diffusion_steps=12, tau=0.3,
+                        seed_temperature=0.1)
+    policy = MultiSeedPolicy(cfg, torch.zeros(4), torch.ones(4))
+    hist = torch.randn(5, 2, 4)
+    mean = probe.ConditionalMean(policy, 6).base_action(hist)
+    chains = MultiSeedPolicy(dict(cfg, num_seeds=6, seed_temperature=1.0, eta=0.0), torch.zeros(4), torch.ones(4),
+                             backbone=policy.denoiser)
+    assert mean.shape == (5, 2)
+    torch.testing.assert_close(mean, chains.base_chunks(hist)[:, :, 0].mean(1))
+    other = MultiSeedPolicy(dict(cfg, seed_temperature=0.5, tau=0.05), torch.zeros(4), torch.ones(4),
+                            backbone=policy.denoiser)
+    torch.testing.assert_close(probe.ConditionalMean(other, 6).base_action(hist), mean)
+    assert not torch.allclose(mean, policy.base_action(hist, 0))
+
+
 def test_data_form_of_the_sequence_kl():
     """The literal form: min_j log p_i(A)/p_j(A) at the data chunk; it prefers the seed nearest the data."""
     g = torch.Generator().manual_seed(2)

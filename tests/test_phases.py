@@ -407,6 +407,42 @@ def test_ddpm_policy_is_deterministic_per_seed():
     assert torch.equal(loaded.base_chunks(hist), a)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_x0_prediction_denoiser_implies_the_eps_that_recovers_its_x0(dtype):
+    """--prediction x0: the ε̂ it hands the solvers gives back x̂_0 through x_0 = (x_k − √(1−ᾱ) ε̂) / √ᾱ."""
+    from uepo.diffusion import Schedule, X0PredictionDenoiser
+    from uepo.nets import ResidualMLPDenoiser
+
+    torch.manual_seed(3)
+    net = X0PredictionDenoiser(ResidualMLPDenoiser(5, 3, 7, width=16, num_blocks=1), 20).to(dtype)
+    x, cond = torch.randn(9, 5, 3, dtype=dtype), torch.randn(9, 7, dtype=dtype)
+    k = torch.tensor([0, 1, 2, 5, 9, 10, 15, 18, 19])
+    ab = Schedule(20).alpha_bars[k].to(dtype).view(-1, 1, 1)
+    x0 = (x - (1 - ab).sqrt() * net(x, k, cond)) / ab.sqrt()
+    tol = dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(x0[k < 19], net.predict_x0(x, k, cond)[k < 19], **tol)  # √ᾱ_19 ≈ 1e-3 amplifies
+
+
+def test_x0_policy_samples_through_the_pytorch_chain_and_round_trips():
+    from uepo.diffusion import X0PredictionDenoiser
+    from uepo.policy import policy_config
+
+    torch.manual_seed(0)
+    cfg = policy_config("diffusion", 4, 2, 2, 4, 3, width=16, num_blocks=1, diffusion_steps=12, tau=0.3,
+                        seed_temperature=0.1, prediction="x0")
+    policy = MultiSeedPolicy(cfg, torch.zeros(4), torch.ones(4))
+    assert isinstance(policy.denoiser, X0PredictionDenoiser) and policy.sampler_op_args() is None
+    hist = torch.randn(5, 2, 4)
+    chunks = policy.base_chunks(hist)
+    assert chunks.shape == (5, 3, 4, 2) and torch.isfinite(chunks).all()
+    torch.testing.assert_close(MultiSeedPolicy.from_state(policy.state()).base_chunks(hist), chunks)
+    legacy = {k: v for k, v in cfg.items() if k != "prediction"}  # checkpoints from before the field: ε
+    assert not isinstance(MultiSeedPolicy(dict(legacy), torch.zeros(4), torch.ones(4)).denoiser,
+                          X0PredictionDenoiser)
+    with pytest.raises(ValueError, match="prediction"):
+        MultiSeedPolicy(dict(cfg, prediction="v"), torch.zeros(4), torch.ones(4))
+
+
 def test_imitation_probe_conditional_mean_averages_unperturbed_prior_draws():
     """scripts/imitation_probe.py's ConditionalMean: the mean first action of M full-prior chains, η = 0,
     whatever the policy's own seed temperature and τ."""

@@ -56,6 +56,30 @@ class Schedule:
         return DDIMSteps(tuple(int(t) for t in ts), tuple(abars))
 
 
+class X0PredictionDenoiser(nn.Module):
+    """A network that predicts the clean chunk x̂_0(x_k, k, S), seen by the solvers as the ε̂ it implies.
+
+    ``forward`` returns ε̂ = (x_k − √ᾱ_k x̂_0) / √(1 − ᾱ_k), so every chain (DDIM, DDPM, the KL term's)
+    runs unchanged and recovers x̂_0 exactly; the loss is on x̂_0 (``predict_x0``). At high noise
+    the optimal x̂_0 is E[x_0 | S], the regression a Gaussian BC member fits, which ε-prediction's
+    loss weighs by ᾱ/(1 − ᾱ) ≈ 0 there. Runs through the PyTorch chain, not the fused sampler.
+    """
+
+    def __init__(self, net: nn.Module, num_steps: int):
+        super().__init__()
+        self.net = net
+        self.horizon, self.action_dim = net.horizon, net.action_dim
+        self.register_buffer("alpha_bars", cosine_alpha_bars(num_steps), persistent=False)  # float64
+
+    def predict_x0(self, x: Tensor, k: Tensor, cond: Tensor) -> Tensor:
+        """x_k (N, H, d_a), k (N,), cond (N, C) -> x̂_0 (N, H, d_a)."""
+        return self.net(x, k, cond)
+
+    def forward(self, x: Tensor, k: Tensor, cond: Tensor) -> Tensor:
+        ab = self.alpha_bars[k].to(x.dtype).view(-1, 1, 1)
+        return (x - ab.sqrt() * self.predict_x0(x, k, cond)) / (1 - ab).sqrt()
+
+
 @dataclass
 class SeedBank:
     """Fixed initial noise ε_i (n, H, d_a) and perturbation directions z^i (n, K_s, H, d_a)."""

@@ -20,7 +20,15 @@ import torch
 from torch import Tensor, nn
 
 from uepo import ops
-from uepo.diffusion import DDIMSteps, Schedule, SeedBank, ddpm_step_noise, multiseed_ddpm, multiseed_sample
+from uepo.diffusion import (
+    DDIMSteps,
+    Schedule,
+    SeedBank,
+    X0PredictionDenoiser,
+    ddpm_step_noise,
+    multiseed_ddpm,
+    multiseed_sample,
+)
 from uepo.nets import GaussianBCEnsemble, ResidualGaussianHead, ResidualMLPDenoiser, UNetDenoiser
 
 ACTION_BOUND = 1.0
@@ -33,12 +41,18 @@ def build_backbone(cfg: dict) -> nn.Module:
         return GaussianBCEnsemble(cfg["num_seeds"], cond_dim, cfg["action_dim"], cfg["width"],
                                   cfg["num_blocks"])
     if cfg["denoiser"] == "mlp":
-        return ResidualMLPDenoiser(cfg["horizon"], cfg["action_dim"], cond_dim, cfg["width"],
-                                   cfg["num_blocks"], cfg["time_dim"])
-    if cfg["denoiser"] == "unet":
-        return UNetDenoiser(cfg["horizon"], cfg["action_dim"], cond_dim, cfg["history"],
-                            time_dim=cfg["time_dim"])
-    raise ValueError(f"unknown denoiser {cfg['denoiser']!r}: use 'mlp' or 'unet'")
+        net: nn.Module = ResidualMLPDenoiser(cfg["horizon"], cfg["action_dim"], cond_dim, cfg["width"],
+                                             cfg["num_blocks"], cfg["time_dim"])
+    elif cfg["denoiser"] == "unet":
+        net = UNetDenoiser(cfg["horizon"], cfg["action_dim"], cond_dim, cfg["history"], time_dim=cfg["time_dim"])
+    else:
+        raise ValueError(f"unknown denoiser {cfg['denoiser']!r}: use 'mlp' or 'unet'")
+    prediction = cfg.get("prediction", "eps")  # checkpoints that predate the field predict ε
+    if prediction == "x0":
+        return X0PredictionDenoiser(net, cfg["diffusion_steps"])
+    if prediction != "eps":
+        raise ValueError(f"unknown prediction {prediction!r}: use 'eps' or 'x0'")
+    return net
 
 
 class MultiSeedPolicy(nn.Module):
@@ -201,7 +215,7 @@ def policy_config(kind: str, obs_dim: int, action_dim: int, history: int, horizo
                   denoiser: str = "mlp", width: int = 256, num_blocks: int = 3, time_dim: int = 32,
                   diffusion_steps: int = 100, sampling_steps: int = 10, base_seed: int = 0,
                   eta: float = 0.1, tau: float = 0.0, head_hidden: int = 256, head_layers: int = 3,
-                  sampler: str = "ddim", seed_temperature: float = 1.0) -> dict:
+                  sampler: str = "ddim", seed_temperature: float = 1.0, prediction: str = "eps") -> dict:
     """The config dict a ``MultiSeedPolicy`` is built from (saved inside every checkpoint)."""
     if kind not in ("diffusion", "gaussian-ensemble"):
         raise ValueError(f"policy kind must be 'diffusion' or 'gaussian-ensemble', got {kind!r}")
@@ -210,4 +224,4 @@ def policy_config(kind: str, obs_dim: int, action_dim: int, history: int, horizo
                 width=width, num_blocks=num_blocks, time_dim=time_dim, diffusion_steps=diffusion_steps,
                 sampling_steps=sampling_steps, base_seed=base_seed, eta=eta, tau=tau,
                 head_hidden=head_hidden, head_layers=head_layers, sampler=sampler,
-                seed_temperature=seed_temperature)
+                seed_temperature=seed_temperature, prediction=prediction)

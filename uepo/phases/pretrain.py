@@ -48,6 +48,7 @@ def make_policy_config(cfg: Config, obs_dim: int, action_dim: int, tau: float = 
         cfg.data.history, cfg.data.horizon, p.num_seeds, p.denoiser, p.width, p.num_blocks, p.time_dim,
         p.diffusion_steps, p.sampling_steps, base_seed_for(cfg), p.eta if p.divergence else 0.0,
         tau if p.divergence else 0.0, sampler=p.sampler, seed_temperature=p.seed_temperature,
+        prediction=p.prediction,
     )
 
 
@@ -122,7 +123,7 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
 class PretrainTrainer(Trainer):
     """Phase B as the loop sees it: one step = one update of L_B (with the KL term every kl_every)."""
 
-    shown = ("eps_loss", "bc_nll", "seq_kl")
+    shown = ("eps_loss", "x0_loss", "bc_nll", "seq_kl")
 
     def __init__(self, ctx: PhaseContext, pcfg: dict):
         cfg, p, data = ctx.cfg, ctx.cfg.pretrain, ctx.data
@@ -168,9 +169,12 @@ class PretrainTrainer(Trainer):
         eps = self.randn((batch.shape[0], H, self.data.action_dim), self.generator)
         idx, k, eps = shard(batch), shard(k), shard(eps)
         chunk, mask = self.data.chunks(idx, H)
-        eps_hat = self.net(self.schedule.add_noise(chunk, eps, k), k, self.data.cond(idx, self.cfg.data.history))
-        loss = masked_eps_loss(eps, eps_hat, mask, self.p.first_action_weight)
-        self.row = {"eps_loss": loss.item()}
+        x_k, cond = self.schedule.add_noise(chunk, eps, k), self.data.cond(idx, self.cfg.data.history)
+        if self.p.prediction == "x0":  # the same masked mean square, on x̂_0 against the data chunk
+            loss = masked_eps_loss(chunk, self.net.predict_x0(x_k, k, cond), mask, self.p.first_action_weight)
+        else:
+            loss = masked_eps_loss(eps, self.net(x_k, k, cond), mask, self.p.first_action_weight)
+        self.row = {f"{self.p.prediction}_loss": loss.item()}
         return loss, None
 
     def _bc_loss(self, idx: Tensor) -> tuple[Tensor, Tensor]:

@@ -423,6 +423,26 @@ def test_x0_prediction_denoiser_implies_the_eps_that_recovers_its_x0(dtype):
     torch.testing.assert_close(x0[k < 19], net.predict_x0(x, k, cond)[k < 19], **tol)  # √ᾱ_19 ≈ 1e-3 amplifies
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_v_prediction_denoiser_is_consistent_with_the_forward_process(dtype):
+    """--prediction v: with the exact v of a forward-process draw, ε̂ and x̂_0 are the draw's ε and x_0."""
+    from uepo.diffusion import Schedule, VPredictionDenoiser
+    from uepo.nets import ResidualMLPDenoiser
+
+    torch.manual_seed(4)
+    schedule = Schedule(20)
+    x0, eps, cond = torch.randn(9, 5, 3, dtype=dtype), torch.randn(9, 5, 3, dtype=dtype), torch.randn(9, 7, dtype=dtype)
+    k = torch.tensor([0, 1, 2, 5, 9, 10, 15, 18, 19])
+    ab = schedule.alpha_bars[k].to(dtype).view(-1, 1, 1)
+    v = ab.sqrt() * eps - (1 - ab).sqrt() * x0
+    net = VPredictionDenoiser(ResidualMLPDenoiser(5, 3, 7, width=16, num_blocks=1), 20).to(dtype)
+    net.predict_v = lambda x, k, c: v  # the exact v: an oracle network
+    x_k = schedule.add_noise(x0, eps, k)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(net(x_k, k, cond), eps, **tol)
+    torch.testing.assert_close(net.predict_x0(x_k, k, cond), x0, **tol)
+
+
 def test_x0_policy_samples_through_the_pytorch_chain_and_round_trips():
     from uepo.diffusion import X0PredictionDenoiser
     from uepo.policy import policy_config
@@ -440,7 +460,7 @@ def test_x0_policy_samples_through_the_pytorch_chain_and_round_trips():
     assert not isinstance(MultiSeedPolicy(dict(legacy), torch.zeros(4), torch.ones(4)).denoiser,
                           X0PredictionDenoiser)
     with pytest.raises(ValueError, match="prediction"):
-        MultiSeedPolicy(dict(cfg, prediction="v"), torch.zeros(4), torch.ones(4))
+        MultiSeedPolicy(dict(cfg, prediction="sample"), torch.zeros(4), torch.ones(4))
 
 
 def test_imitation_probe_conditional_mean_averages_unperturbed_prior_draws():

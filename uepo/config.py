@@ -64,8 +64,8 @@ class PretrainConfig:
     start_fraction: float = f(0.0, "share of each batch drawn from the first start_steps steps of episodes")
     start_steps: int = f(25, "an episode's first steps that start_fraction oversamples")
     base_seed: int = f(-1, "seed of sub-policy 0's noise generator; -1: 1000 * run seed")
-    prediction: str = f("eps", "denoiser output: eps (ε-prediction, SPEC; fused sampler) or x0 (the clean chunk, "
-                               "its loss on x̂_0; the PyTorch sampler)")
+    prediction: str = f("eps", "denoiser output and loss: eps (ε-prediction, SPEC; fused sampler), x0 (the clean "
+                               "chunk) or v (√ᾱ ε − √(1−ᾱ) x_0); x0 and v sample through the PyTorch chain")
     denoiser: str = f("mlp", "denoiser network: mlp (fused kernel) or unet (paper's U-Net, PyTorch path)")
     width: int = f(256, "denoiser / BC width")
     num_blocks: int = f(3, "denoiser residual blocks / BC hidden layers")
@@ -349,8 +349,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--policy must be 'diffusion' or 'gaussian-ensemble', got {cfg.policy!r}")
     if cfg.pretrain.denoiser not in ("mlp", "unet"):
         raise ValueError(f"--denoiser must be 'mlp' or 'unet', got {cfg.pretrain.denoiser!r}")
-    if cfg.pretrain.prediction not in ("eps", "x0"):
-        raise ValueError(f"--prediction must be 'eps' or 'x0', got {cfg.pretrain.prediction!r}")
+    if cfg.pretrain.prediction not in ("eps", "x0", "v"):
+        raise ValueError(f"--prediction must be 'eps', 'x0' or 'v', got {cfg.pretrain.prediction!r}")
     if cfg.pretrain.seq_kl_form not in ("closed", "data"):
         raise ValueError(f"--seq_kl_form must be 'closed' or 'data', got {cfg.pretrain.seq_kl_form!r}")
     if cfg.improve.selection not in SELECTIONS:

@@ -80,6 +80,24 @@ class X0PredictionDenoiser(nn.Module):
         return (x - ab.sqrt() * self.predict_x0(x, k, cond)) / (1 - ab).sqrt()
 
 
+class VPredictionDenoiser(X0PredictionDenoiser):
+    """A network that predicts v = √ᾱ_k ε − √(1 − ᾱ_k) x_0 (Salimans & Ho), seen by the solvers as the ε̂
+    it implies, ε̂ = √ᾱ_k v̂ + √(1 − ᾱ_k) x_k. In ε terms its loss weighs step k by 1/(1 − ᾱ_k): between
+    ε-prediction's 1 and x̂₀-prediction's (1 − ᾱ_k)/ᾱ_k at high noise, like ε at low noise."""
+
+    def predict_v(self, x: Tensor, k: Tensor, cond: Tensor) -> Tensor:
+        """x_k (N, H, d_a), k (N,), cond (N, C) -> v̂ (N, H, d_a)."""
+        return self.net(x, k, cond)
+
+    def predict_x0(self, x: Tensor, k: Tensor, cond: Tensor) -> Tensor:
+        ab = self.alpha_bars[k].to(x.dtype).view(-1, 1, 1)
+        return ab.sqrt() * x - (1 - ab).sqrt() * self.predict_v(x, k, cond)
+
+    def forward(self, x: Tensor, k: Tensor, cond: Tensor) -> Tensor:
+        ab = self.alpha_bars[k].to(x.dtype).view(-1, 1, 1)
+        return ab.sqrt() * self.predict_v(x, k, cond) + (1 - ab).sqrt() * x
+
+
 @dataclass
 class SeedBank:
     """Fixed initial noise ε_i (n, H, d_a) and perturbation directions z^i (n, K_s, H, d_a)."""

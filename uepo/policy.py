@@ -24,6 +24,7 @@ from uepo.diffusion import (
     DDIMSteps,
     Schedule,
     SeedBank,
+    VPredictionDenoiser,
     X0PredictionDenoiser,
     ddpm_step_noise,
     multiseed_ddpm,
@@ -50,8 +51,10 @@ def build_backbone(cfg: dict) -> nn.Module:
     prediction = cfg.get("prediction", "eps")  # checkpoints that predate the field predict ε
     if prediction == "x0":
         return X0PredictionDenoiser(net, cfg["diffusion_steps"])
+    if prediction == "v":
+        return VPredictionDenoiser(net, cfg["diffusion_steps"])
     if prediction != "eps":
-        raise ValueError(f"unknown prediction {prediction!r}: use 'eps' or 'x0'")
+        raise ValueError(f"unknown prediction {prediction!r}: use 'eps', 'x0' or 'v'")
     return net
 
 

@@ -123,7 +123,7 @@ def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
 class PretrainTrainer(Trainer):
     """Phase B as the loop sees it: one step = one update of L_B (with the KL term every kl_every)."""
 
-    shown = ("eps_loss", "x0_loss", "bc_nll", "seq_kl")
+    shown = ("eps_loss", "x0_loss", "v_loss", "bc_nll", "seq_kl")
 
     def __init__(self, ctx: PhaseContext, pcfg: dict):
         cfg, p, data = ctx.cfg, ctx.cfg.pretrain, ctx.data
@@ -172,6 +172,10 @@ class PretrainTrainer(Trainer):
         x_k, cond = self.schedule.add_noise(chunk, eps, k), self.data.cond(idx, self.cfg.data.history)
         if self.p.prediction == "x0":  # the same masked mean square, on x̂_0 against the data chunk
             loss = masked_eps_loss(chunk, self.net.predict_x0(x_k, k, cond), mask, self.p.first_action_weight)
+        elif self.p.prediction == "v":  # ... on v̂ against v = √ᾱ ε − √(1 − ᾱ) x_0
+            ab = self.schedule.alpha_bars.to(chunk)[k].view(-1, 1, 1)
+            v = ab.sqrt() * eps - (1 - ab).sqrt() * chunk
+            loss = masked_eps_loss(v, self.net.predict_v(x_k, k, cond), mask, self.p.first_action_weight)
         else:
             loss = masked_eps_loss(eps, self.net(x_k, k, cond), mask, self.p.first_action_weight)
         self.row = {f"{self.p.prediction}_loss": loss.item()}

@@ -82,8 +82,8 @@ class X0PredictionDenoiser(nn.Module):
 
 class VPredictionDenoiser(X0PredictionDenoiser):
     """A network that predicts v = √ᾱ_k ε − √(1 − ᾱ_k) x_0 (Salimans & Ho), seen by the solvers as the ε̂
-    it implies, ε̂ = √ᾱ_k v̂ + √(1 − ᾱ_k) x_k. In ε terms its loss weighs step k by 1/(1 − ᾱ_k): between
-    ε-prediction's 1 and x̂₀-prediction's (1 − ᾱ_k)/ᾱ_k at high noise, like ε at low noise."""
+    it implies, ε̂ = √ᾱ_k v̂ + √(1 − ᾱ_k) x_k. Measured on x̂_0 its loss weighs step k by 1/(1 − ᾱ_k), the
+    sum of x̂₀-prediction's 1 and ε-prediction's ᾱ_k/(1 − ᾱ_k): like x̂₀ at high noise, like ε at low noise."""
 
     def predict_v(self, x: Tensor, k: Tensor, cond: Tensor) -> Tensor:
         """x_k (N, H, d_a), k (N,), cond (N, C) -> v̂ (N, H, d_a)."""

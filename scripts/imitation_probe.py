@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
@@ -72,6 +73,13 @@ def imitation_stats(policy: MultiSeedPolicy, data, states: torch.Tensor) -> dict
     return out
 
 
+def emit(out: TextIO, row: dict) -> None:
+    """Append one result row to probe.jsonl (flushed: a long probe keeps what it finished) and echo it."""
+    out.write(json.dumps(row) + "\n")
+    out.flush()
+    print(json.dumps(row), file=sys.stderr)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run_dir", required=True)
@@ -99,6 +107,11 @@ def main() -> int:
     def dataset_states(draw: int) -> torch.Tensor:  # draw 0: the states of the stats (and of τ by default)
         return sample_indices(data.size, 2048, torch.Generator().manual_seed(cfg.seed * 1000 + 77 + draw))
 
+    def score(policy, index: int) -> float:  # sub-policy ``index``'s raw μ, the evaluation's episodes and seeds
+        return evaluate_policy(policy, data.env_spec, index, episodes=args.episodes, raw=True,
+                               seed=evaluation_seed(cfg.seed), ref_min_score=data.ref_min_score,
+                               ref_max_score=data.ref_max_score)["score_mean"]
+
     states = dataset_states(0)
     temperatures = args.temperatures if cfg.policy == "diffusion" and not args.as_trained else [None]
     with open(Path(args.run_dir) / "probe.jsonl", "a") as out:
@@ -109,29 +122,19 @@ def main() -> int:
                                        cfg.pretrain.tau_quantile)
                 policy.set_tau(tau)
             stats = imitation_stats(policy, data, states)
-            raw = [evaluate_policy(policy, data.env_spec, i, episodes=args.episodes, raw=True,
-                                   seed=evaluation_seed(cfg.seed), ref_min_score=data.ref_min_score,
-                                   ref_max_score=data.ref_max_score)["score_mean"] for i in range(policy.num_seeds)]
+            raw = [score(policy, i) for i in range(policy.num_seeds)]
             row = {"dataset": cfg.dataset, "seed": cfg.seed, "policy": cfg.policy,
                    "temperature": policy.seed_temperature if cfg.policy == "diffusion" else None,
                    "tau": policy.tau, "tau_draw": draw, "raw": raw, "raw_mean": sum(raw) / len(raw),
                    "raw_best": max(raw),
                    "episodes": args.episodes, "eval_seed": evaluation_seed(cfg.seed),
                    "train_s": round(train_s, 1), "overrides": rest, **stats}
-            out.write(json.dumps(row) + "\n")
-            out.flush()
-            print(json.dumps(row), file=sys.stderr)
+            emit(out, row)
         if args.mean_draws > 0 and cfg.policy == "diffusion":
-            mean_policy = ConditionalMean(pre.policy, args.mean_draws)
-            score = evaluate_policy(mean_policy, data.env_spec, 0, episodes=args.episodes, raw=True,
-                                    seed=evaluation_seed(cfg.seed), ref_min_score=data.ref_min_score,
-                                    ref_max_score=data.ref_max_score)["score_mean"]
-            row = {"dataset": cfg.dataset, "seed": cfg.seed, "policy": cfg.policy, "conditional_mean_draws":
-                   args.mean_draws, "raw": [score], "raw_mean": score, "episodes": args.episodes,
-                   "eval_seed": evaluation_seed(cfg.seed), "overrides": rest}
-            out.write(json.dumps(row) + "\n")
-            out.flush()
-            print(json.dumps(row), file=sys.stderr)
+            mean_score = score(ConditionalMean(pre.policy, args.mean_draws), 0)
+            emit(out, {"dataset": cfg.dataset, "seed": cfg.seed, "policy": cfg.policy, "conditional_mean_draws":
+                       args.mean_draws, "raw": [mean_score], "raw_mean": mean_score, "episodes": args.episodes,
+                       "eval_seed": evaluation_seed(cfg.seed), "overrides": rest})
     run.close()
     return 0
 

@@ -443,6 +443,30 @@ def test_v_prediction_denoiser_is_consistent_with_the_forward_process(dtype):
     torch.testing.assert_close(net.predict_x0(x_k, k, cond), x0, **tol)
 
 
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_training_target_is_what_the_solvers_invert(prediction):
+    """The loss target of each parametrisation (``training_pair``) is the output whose implied ε̂ is the
+    forward draw's ε: a network that predicts the target exactly is exact for the solvers too."""
+    from uepo.diffusion import Schedule, training_pair
+    from uepo.policy import build_backbone, policy_config
+
+    torch.manual_seed(5)
+    schedule = Schedule(20)
+    x0, eps, cond = torch.randn(9, 5, 3, dtype=torch.float64), torch.randn(9, 5, 3, dtype=torch.float64), \
+        torch.randn(9, 14, dtype=torch.float64)
+    k = torch.tensor([0, 1, 2, 5, 9, 10, 15, 18, 19])
+    ab = schedule.alpha_bars[k].view(-1, 1, 1)
+    exact = {"eps": eps, "x0": x0, "v": ab.sqrt() * eps - (1 - ab).sqrt() * x0}[prediction]
+    net = build_backbone(policy_config("diffusion", 7, 3, 2, 5, 2, width=16, num_blocks=1, diffusion_steps=20,
+                                       prediction=prediction)).double()
+    inner = net if prediction == "eps" else net.net
+    inner.forward = lambda x, t, c: exact  # an oracle network in this parametrisation
+    x_k = schedule.add_noise(x0, eps, k)
+    predicted, target = training_pair(net, x_k, k, cond, x0, eps)
+    torch.testing.assert_close(predicted, target, rtol=0, atol=0)
+    torch.testing.assert_close(net(x_k, k, cond), eps, rtol=1e-9, atol=1e-9)  # the solvers' ε̂
+
+
 def test_x0_policy_samples_through_the_pytorch_chain_and_round_trips():
     from uepo.diffusion import X0PredictionDenoiser
     from uepo.policy import policy_config

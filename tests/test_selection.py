@@ -43,7 +43,7 @@ from uepo.phases.improve import (
     paired_z,
     select_sub_policy,
 )
-from uepo.phases.pretrain import masked_eps_loss, pretrain
+from uepo.phases.pretrain import masked_mse, pretrain
 from uepo.policy import MultiSeedPolicy, policy_config
 from uepo.runs import Run, seed_everything
 
@@ -337,8 +337,8 @@ def test_first_action_weight_and_start_oversampling(tiny_hopper):
     eps_hat = torch.zeros(2, 4, 3)
     eps_hat[:, 0] = 1.0  # error on the first action only
     mask = torch.ones(2, 4, dtype=torch.bool)
-    assert masked_eps_loss(eps, eps_hat, mask) == pytest.approx(1 / 4)
-    assert masked_eps_loss(eps, eps_hat, mask, first_action_weight=5.0) == pytest.approx(5 / 8)
+    assert masked_mse(eps, eps_hat, mask) == pytest.approx(1 / 4)
+    assert masked_mse(eps, eps_hat, mask, first_action_weight=5.0) == pytest.approx(5 / 8)
     data = load_offline_data(tiny_hopper)
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     assert torch.equal(BatchSampler(data)(64, g1), torch.randint(0, data.size, (64,), generator=g2))

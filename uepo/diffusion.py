@@ -79,6 +79,10 @@ class X0PredictionDenoiser(nn.Module):
         ab = self.alpha_bars[k].to(x.dtype).view(-1, 1, 1)
         return (x - ab.sqrt() * self.predict_x0(x, k, cond)) / (1 - ab).sqrt()
 
+    def training_pair(self, x: Tensor, k: Tensor, cond: Tensor, x0: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """(x̂_0, x_0): what the loss compares, for x_k = √ᾱ_k x_0 + √(1 − ᾱ_k) ε."""
+        return self.predict_x0(x, k, cond), x0
+
 
 class VPredictionDenoiser(X0PredictionDenoiser):
     """A network that predicts v = √ᾱ_k ε − √(1 − ᾱ_k) x_0 (Salimans & Ho), seen by the solvers as the ε̂
@@ -96,6 +100,20 @@ class VPredictionDenoiser(X0PredictionDenoiser):
     def forward(self, x: Tensor, k: Tensor, cond: Tensor) -> Tensor:
         ab = self.alpha_bars[k].to(x.dtype).view(-1, 1, 1)
         return ab.sqrt() * self.predict_v(x, k, cond) + (1 - ab).sqrt() * x
+
+    def training_pair(self, x: Tensor, k: Tensor, cond: Tensor, x0: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """(v̂, v), v = √ᾱ_k ε − √(1 − ᾱ_k) x_0."""
+        ab = self.alpha_bars[k].to(x.dtype).view(-1, 1, 1)
+        return self.predict_v(x, k, cond), ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+
+def training_pair(net: nn.Module, x: Tensor, k: Tensor, cond: Tensor, x0: Tensor,
+                  eps: Tensor) -> tuple[Tensor, Tensor]:
+    """(prediction, target) of the denoiser's loss in its own parametrisation: (ε̂, ε) for a network that
+    predicts ε (SPEC), (x̂_0, x_0) or (v̂, v) for the wrappers above. x_k (N, H, d_a), k (N,), cond (N, C)."""
+    if isinstance(net, X0PredictionDenoiser):
+        return net.training_pair(x, k, cond, x0, eps)
+    return net(x, k, cond), eps
 
 
 @dataclass

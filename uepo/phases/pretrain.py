@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from uepo import ops, seeds
 from uepo.config import Config
 from uepo.data import OfflineData
-from uepo.diffusion import Schedule, SeedBank, multiseed_sample
+from uepo.diffusion import Schedule, SeedBank, multiseed_sample, training_pair
 from uepo.phases import BatchSampler, PhaseContext, sample_indices
 from uepo.phases.runner import Trainer, train
 from uepo.policy import MultiSeedPolicy, build_backbone, policy_config
@@ -80,15 +80,15 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def masked_eps_loss(eps: Tensor, eps_hat: Tensor, mask: Tensor, first_action_weight: float = 1.0) -> Tensor:
-    """Weighted mean of ‖ε − ε̂‖² over the valid chunk steps (B, H, d_a); step 0, the action that is
-    executed, weighs ``first_action_weight`` times each later step."""
-    m = mask.to(eps.dtype)
+def masked_mse(target: Tensor, prediction: Tensor, mask: Tensor, first_action_weight: float = 1.0) -> Tensor:
+    """Weighted mean of ‖target − prediction‖² (ε, x_0 or v) over the valid chunk steps (B, H, d_a);
+    step 0, the action that is executed, weighs ``first_action_weight`` times each later step."""
+    m = mask.to(target.dtype)
     if first_action_weight != 1.0:
         m = m.clone()
         m[:, 0] *= first_action_weight
     m = m[..., None]
-    return ((eps - eps_hat) ** 2 * m).sum() / (m.sum() * eps.shape[-1]).clamp_min(1e-12)
+    return ((target - prediction) ** 2 * m).sum() / (m.sum() * target.shape[-1]).clamp_min(1e-12)
 
 
 @torch.no_grad()
@@ -151,7 +151,7 @@ class PretrainTrainer(Trainer):
         p = self.p
         batch = self.sample_batch(p.batch_size, self.generator)  # the global batch; this rank's shard below
         if self.diffusion:
-            loss, means = self._eps_loss(batch)
+            loss, means = self._denoiser_loss(batch)
         else:
             loss, means = self._bc_loss(self.world.shard(batch))
         if self.use_kl and step % p.kl_every == 0:
@@ -161,23 +161,17 @@ class PretrainTrainer(Trainer):
         self._update(loss)
         return {"L_B": loss.detach()}
 
-    def _eps_loss(self, batch: Tensor) -> tuple[Tensor, None]:
-        """The masked ε-prediction loss of dataset chunks at random diffusion steps (noise drawn for the
-        global batch, so the ranks together draw what one process does)."""
+    def _denoiser_loss(self, batch: Tensor) -> tuple[Tensor, None]:
+        """The masked loss of the denoiser's prediction (ε, x_0 or v) on dataset chunks at random diffusion
+        steps (noise drawn for the global batch, so the ranks together draw what one process does)."""
         shard, H = self.world.shard, self.cfg.data.horizon
         k = self.randint(self.p.diffusion_steps, (batch.shape[0],), self.generator)
         eps = self.randn((batch.shape[0], H, self.data.action_dim), self.generator)
         idx, k, eps = shard(batch), shard(k), shard(eps)
         chunk, mask = self.data.chunks(idx, H)
         x_k, cond = self.schedule.add_noise(chunk, eps, k), self.data.cond(idx, self.cfg.data.history)
-        if self.p.prediction == "x0":  # the same masked mean square, on x̂_0 against the data chunk
-            loss = masked_eps_loss(chunk, self.net.predict_x0(x_k, k, cond), mask, self.p.first_action_weight)
-        elif self.p.prediction == "v":  # ... on v̂ against v = √ᾱ ε − √(1 − ᾱ) x_0
-            ab = self.schedule.alpha_bars.to(chunk)[k].view(-1, 1, 1)
-            v = ab.sqrt() * eps - (1 - ab).sqrt() * chunk
-            loss = masked_eps_loss(v, self.net.predict_v(x_k, k, cond), mask, self.p.first_action_weight)
-        else:
-            loss = masked_eps_loss(eps, self.net(x_k, k, cond), mask, self.p.first_action_weight)
+        prediction, target = training_pair(self.net, x_k, k, cond, chunk, eps)  # (ε̂, ε), (x̂_0, x_0) or (v̂, v)
+        loss = masked_mse(target, prediction, mask, self.p.first_action_weight)
         self.row = {f"{self.p.prediction}_loss": loss.item()}
         return loss, None
 

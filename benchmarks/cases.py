@@ -29,7 +29,10 @@ class Case:
     flops: float
 
 
-def sampler_case(batch: int) -> Case:
+def sampler_case(batch: int, prediction: str = "eps") -> Case:
+    """The fused DDIM chain against its PyTorch reference; ``prediction`` x0 / v: a network that predicts x̂_0
+    or v (``--pretrain.prediction``), whose output each step turns into ε̂ (before stop 31 such a policy ran
+    the PyTorch chain)."""
     torch.manual_seed(0)
     net = ResidualMLPDenoiser(HORIZON, ACT_DIM, HISTORY * OBS_DIM, WIDTH, BLOCKS, TIME_DIM)
     steps = Schedule(100).ddim(STEPS)
@@ -37,15 +40,17 @@ def sampler_case(batch: int) -> Case:
     cond = torch.randn(batch, HISTORY * OBS_DIM)
     weights = net.kernel_weights()
     args = (cond, bank.noise, bank.perturb, weights, steps.timesteps, steps.alpha_bars, HORIZON, 0.1, 1.0)
+    kw = {"prediction": prediction}
     chunk = HORIZON * ACT_DIM
     # Per row (state x seed) and step: chunk input rows, blocks, output layer; the state and time
     # rows of the input layer are per state / per step and negligible.
     per_row_step = 2 * (chunk * WIDTH + BLOCKS * 2 * WIDTH * WIDTH + WIDTH * chunk)
     return Case(
-        key=f"sampler_b{batch}",
-        label=f"sampler B={batch} n={SEEDS} K_s={STEPS} H={HORIZON} d_a={ACT_DIM} {WIDTH}x{BLOCKS}",
-        fused=lambda: ops.multiseed_sample(*args),
-        reference=lambda: ops.reference_multiseed_sample(*args),
+        key=f"sampler_b{batch}" + ("" if prediction == "eps" else f"_{prediction}"),
+        label=f"sampler B={batch} n={SEEDS} K_s={STEPS} H={HORIZON} d_a={ACT_DIM} {WIDTH}x{BLOCKS}"
+              + ("" if prediction == "eps" else f", {prediction}-prediction"),
+        fused=lambda: ops.multiseed_sample(*args, **kw),
+        reference=lambda: ops.reference_multiseed_sample(*args, **kw),
         flops=float(batch * SEEDS * STEPS * per_row_step),
     )
 
@@ -78,6 +83,8 @@ def cases() -> list[Case]:
         sampler_case(1),
         sampler_case(16),
         sampler_case(256),
+        sampler_case(1, "x0"),
+        sampler_case(256, "x0"),
         divergence_case(256, 4, 8, 6, key="divergence_fwd_bwd"),
         divergence_case(4096, 8, 8, 3),
     ]

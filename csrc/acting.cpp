@@ -68,7 +68,7 @@ namespace {
 
 using SampleFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                     at::TensorList, at::IntArrayRef, at::ArrayRef<double>,
-                                                    int64_t, double, double, double, bool);
+                                                    int64_t, double, double, double, bool, c10::string_view);
 using HeadFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, at::TensorList,
                                                               double, double, const at::Tensor&);
 
@@ -76,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> acting_step(
     const at::Tensor& hist, const at::Tensor& obs_mean, const at::Tensor& obs_std, const at::Tensor& noise,
     const at::Tensor& perturb, at::TensorList weights, at::IntArrayRef timesteps, at::ArrayRef<double> alpha_bars,
     int64_t horizon, double eta, double tau, double eps, int64_t seed_index, at::TensorList head,
-    double log_std_min, double log_std_max, const at::Tensor& z) {
+    double log_std_min, double log_std_max, const at::Tensor& z, c10::string_view prediction) {
   TORCH_CHECK(hist.dim() == 3, "uepo::acting_step: hist must be (B, T_o, d_s), got ", hist.sizes());
   const int64_t B = hist.size(0), n = noise.size(-3);
   TORCH_CHECK(0 <= seed_index && seed_index < n, "uepo::acting_step: seed_index ", seed_index,
@@ -87,7 +87,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> acting_step(
       c10::Dispatcher::singleton().findSchemaOrThrow("uepo::residual_head", "").typed<HeadFn>();
   const at::Tensor cond = (hist - obs_mean) / obs_std;  // (B, T_o, d_s)
   const auto chunks = std::get<0>(
-      sample.call(cond.view({B, -1}), noise, perturb, weights, timesteps, alpha_bars, horizon, eta, tau, eps, false));
+      sample.call(cond.view({B, -1}), noise, perturb, weights, timesteps, alpha_bars, horizon, eta, tau, eps, false,
+                  prediction));
   const at::Tensor base = chunks.select(1, seed_index).select(1, 0);  // μ^i_1 (B, d_a)
   auto [action, mean, scale] =
       residual_head.call(cond.select(1, cond.size(1) - 1), base, head, log_std_min, log_std_max, z);

@@ -77,8 +77,11 @@ std::tuple<at::Tensor, at::Tensor> multiseed_sample_impl(
     const SamplerKernels& kernels, const at::Tensor& cond_in, const at::Tensor& noise_in,
     const at::Tensor& perturb_in, at::TensorList weights, at::IntArrayRef timesteps,
     at::ArrayRef<double> alpha_bars, int64_t horizon, double eta, double tau, double eps,
-    bool return_div) {
+    bool return_div, c10::string_view prediction) {
   const char* op = "uepo.multiseed_sample";
+  const bool predicts_x0 = prediction == "x0", predicts_v = prediction == "v";
+  TORCH_CHECK(predicts_x0 || predicts_v || prediction == "eps", op, ": prediction must be 'eps', 'x0' or 'v' ",
+              "(what the denoiser outputs), got '", std::string(prediction), "'");
   TORCH_CHECK(weights.size() >= 10 && (weights.size() - 10) % 6 == 0, op,
               ": weights must be the residual-MLP denoiser's kernel_weights() (6 time/input ",
               "tensors, 6 per block, 4 output tensors), got ", weights.size(), " tensors");
@@ -214,6 +217,12 @@ std::tuple<at::Tensor, at::Tensor> multiseed_sample_impl(
     p.eta = eta;
     p.tau = tau;
     p.eps = eps;
+    // Rounded as ops.implied_eps rounds (no fused multiply-add): the first step divides x̂_0 by √ᾱ ≈ 5e-4.
+    if (predicts_x0) {  // ε̂ = (x_k − √ᾱ x̂_0) / √(1 − ᾱ)
+      eps_hat.mul_(-p.sqrt_ab).add_(x).div_(p.sqrt_1m_ab);
+    } else if (predicts_v) {  // ε̂ = √ᾱ v̂ + √(1 − ᾱ) x_k
+      eps_hat.mul_(p.sqrt_ab).add_(x.mul(p.sqrt_1m_ab));
+    }
     kernels.ddim_step(x, eps_hat, x0, d, perturb, div_out, sh, p);
   }
   return {x.view({B, n, H, D}), div_out};
@@ -239,14 +248,14 @@ TORCH_LIBRARY(uepo, m) {
   m.def(
       "multiseed_sample(Tensor cond, Tensor noise, Tensor perturb, Tensor[] weights, "
       "int[] timesteps, float[] alpha_bars, int horizon, float eta, float tau, float eps, "
-      "bool return_div) -> (Tensor, Tensor)");
+      "bool return_div, str prediction=\"eps\") -> (Tensor, Tensor)");
   m.def(
       "residual_head(Tensor obs_n, Tensor base, Tensor[] head, float log_std_min, float log_std_max, Tensor z) "
       "-> (Tensor, Tensor, Tensor)");
   m.def(
       "acting_step(Tensor hist, Tensor obs_mean, Tensor obs_std, Tensor noise, Tensor perturb, "
       "Tensor[] weights, int[] timesteps, float[] alpha_bars, int horizon, float eta, float tau, float eps, "
-      "int seed_index, Tensor[] head, float log_std_min, float log_std_max, Tensor z) "
+      "int seed_index, Tensor[] head, float log_std_min, float log_std_max, Tensor z, str prediction=\"eps\") "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("build_info() -> str", &uepo::build_info);
 }

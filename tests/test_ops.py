@@ -189,19 +189,19 @@ def sample_both(net, sched, bank, cond, eta, tau, **kw):
         *args, return_div=True, **kw)
 
 
-def tau_between_divergences(net, sched, bank, cond, eta: float = 0.1) -> float:
+def tau_between_divergences(net, sched, bank, cond, eta: float = 0.1, prediction: str = "eps") -> float:
     """A τ that both perturbation branches take and that no divergence of the perturbed run
     comes within rounding of (float32 kernels on another ISA must not flip a branch)."""
     w64 = [w.double() for w in net.kernel_weights()]
     args = (cond.double(), bank.noise.double(), bank.perturb.double(), w64, sched.timesteps, sched.alpha_bars,
             net.horizon)
-    _, d0 = ops.reference_multiseed_sample(*args, eta=0.0, tau=0.0, return_div=True)
+    _, d0 = ops.reference_multiseed_sample(*args, eta=0.0, tau=0.0, return_div=True, prediction=prediction)
     values = torch.sort(d0[torch.isfinite(d0)].flatten()).values
     if values.numel() < 2:
         return 1.0
     candidates = ((values[1:] + values[:-1]) / 2)[(values[1:] - values[:-1]).argsort(descending=True)]
     for tau in candidates[:20].tolist():
-        _, d = ops.reference_multiseed_sample(*args, eta=eta, tau=tau, return_div=True)
+        _, d = ops.reference_multiseed_sample(*args, eta=eta, tau=tau, return_div=True, prediction=prediction)
         if ((d - tau).abs() > 1e-3 * tau).all():
             return tau
     raise AssertionError("no τ keeps clear of every divergence")
@@ -218,6 +218,57 @@ def test_sampler_matches_reference(B, n, H, D, dtype):
     tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-3, atol=2e-4)
     torch.testing.assert_close(fused, ref, **tol)
     torch.testing.assert_close(fdiv, rdiv, **tol)
+
+
+@compiled
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,n,H,D", [SAMPLER_GRID[i] for i in (1, 2, 3, 7)])
+def test_sampler_matches_reference_for_x0_and_v_networks(B, n, H, D, dtype, prediction):
+    """--pretrain.prediction x0 / v: the op turns the output into the ε̂ it implies, as the reference does."""
+    net, sched, bank, cond = make_problem(B, n, H, D, dtype)
+    tau = tau_between_divergences(net, sched, bank, cond, prediction=prediction)
+    (fused, fdiv), (ref, rdiv) = sample_both(net, sched, bank, cond, 0.1, tau, prediction=prediction)
+    (eps_net, _), _ = sample_both(net, sched, bank, cond, 0.1, tau)
+    tol = TOL[dtype] if dtype == torch.float64 else dict(rtol=1e-3, atol=2e-4)
+    torch.testing.assert_close(fused, ref, **tol)
+    torch.testing.assert_close(fdiv, rdiv, **tol)
+    assert (fused - eps_net).abs().max() > 1e-2  # the argument is not ignored
+
+
+@compiled
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_fused_sampler_runs_what_the_wrappers_trained(prediction):
+    """A policy of each parametrisation samples through the op, and equals the PyTorch chain over the
+    wrapper's own forward (the ε̂ that phase B's wrappers hand every solver)."""
+    from uepo.diffusion import fused_denoiser, multiseed_sample
+    from uepo.policy import build_backbone, policy_config
+
+    torch.manual_seed(11)
+    net = build_backbone(policy_config("diffusion", 5, 3, 2, 8, 4, width=32, num_blocks=2, time_dim=8,
+                                       prediction=prediction)).double()
+    assert fused_denoiser(net)[1] == prediction
+    sched, bank = Schedule(100).ddim(10), SeedBank.draw(4, 10, 8, 3, 5, dtype=torch.float64)
+    cond = torch.randn(7, 10, dtype=torch.float64)
+    fused, _ = multiseed_sample(net, cond, sched, bank, eta=0.1, tau=0.5)
+
+    def eps_fn(x, t, c):
+        return net(x, torch.full((x.shape[0],), t, dtype=torch.long), c)
+
+    chain, _ = ops.multiseed_ddim(eps_fn, cond, bank.noise, bank.perturb, sched.timesteps, sched.alpha_bars,
+                                  0.1, 0.5)
+    torch.testing.assert_close(fused, chain, rtol=1e-7, atol=1e-7)
+
+
+@compiled
+def test_sampler_refuses_an_unknown_prediction():
+    net, sched, bank, cond = make_problem(2, 2, 4, 2, torch.float32)
+    args = (cond, bank.noise, bank.perturb, net.kernel_weights(), list(sched.timesteps), list(sched.alpha_bars), 4,
+            0.1, 0.0, 1e-4, False)
+    with pytest.raises(RuntimeError, match="prediction must be 'eps', 'x0' or 'v'"):
+        torch.ops.uepo.multiseed_sample(*args, "sample")
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        ops.reference_multiseed_sample(*args, prediction="sample")
 
 
 @compiled
@@ -311,9 +362,9 @@ def test_single_seed_has_no_competitor():
 @compiled
 def test_sampler_opcheck():
     net, sched, bank, cond = make_problem(3, 2, 4, 2, torch.float64)
-    for return_div in (False, True):
+    for return_div, prediction in ((False, "eps"), (True, "eps"), (True, "x0"), (False, "v")):
         args = (cond, bank.noise, bank.perturb, net.kernel_weights(), list(sched.timesteps),
-                list(sched.alpha_bars), 4, 0.1, 1.0, 1e-4, return_div)
+                list(sched.alpha_bars), 4, 0.1, 1.0, 1e-4, return_div, prediction)
         torch.library.opcheck(torch.ops.uepo.multiseed_sample.default, args,
                               test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
@@ -367,13 +418,22 @@ def test_acting_step_matches_reference(B, n, T_o, d_s, d_a, layers, dtype):
 
 
 @compiled
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 @pytest.mark.parametrize("B,n,T_o,d_s,d_a,layers", ACTING_GRID[:3])
-def test_acting_step_is_the_reference_calls_made_from_cpp(B, n, T_o, d_s, d_a, layers):
+def test_acting_step_is_the_reference_calls_made_from_cpp(B, n, T_o, d_s, d_a, layers, prediction):
     """With the compiled sampler in both, the op and ``reference_acting_step`` are the same calls: equal bits."""
     problem, head, z = make_acting_problem(B, n, T_o, d_s, d_a, layers, torch.float32, seed=4)
-    fused = torch.ops.uepo.acting_step(*acting_args(problem, n - 1, head, z))
-    ref = ops.reference_acting_step(*acting_args(problem, n - 1, head, z))
+    fused = torch.ops.uepo.acting_step(*acting_args(problem, n - 1, head, z), prediction)
+    ref = ops.reference_acting_step(*acting_args(problem, n - 1, head, z), prediction)
     assert all(torch.equal(a, b) for a, b in zip(fused, ref, strict=True))
+    if prediction != "eps":  # and the pure-PyTorch sampler agrees
+        ops.set_backend("reference")
+        try:
+            pure = ops.acting_step(*acting_args(problem, n - 1, head, z), prediction)
+        finally:
+            ops.set_backend("auto")
+        for a, b in zip(fused, pure, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=2e-4)
 
 
 # (B, d_s, d_a, trunk layers, width): B ≤ 16 runs the CPU matvec kernel, B > 16 the ATen/BLAS path

@@ -467,7 +467,8 @@ def test_training_target_is_what_the_solvers_invert(prediction):
     torch.testing.assert_close(net(x_k, k, cond), eps, rtol=1e-9, atol=1e-9)  # the solvers' ε̂
 
 
-def test_x0_policy_samples_through_the_pytorch_chain_and_round_trips():
+def test_x0_policy_samples_through_the_fused_op_and_round_trips():
+    from uepo import ops
     from uepo.diffusion import X0PredictionDenoiser
     from uepo.policy import policy_config
 
@@ -475,10 +476,12 @@ def test_x0_policy_samples_through_the_pytorch_chain_and_round_trips():
     cfg = policy_config("diffusion", 4, 2, 2, 4, 3, width=16, num_blocks=1, diffusion_steps=12, tau=0.3,
                         seed_temperature=0.1, prediction="x0")
     policy = MultiSeedPolicy(cfg, torch.zeros(4), torch.ones(4))
-    assert isinstance(policy.denoiser, X0PredictionDenoiser) and policy.sampler_op_args() is None
+    assert isinstance(policy.denoiser, X0PredictionDenoiser) and policy.prediction == "x0"
+    assert (policy.sampler_op_args() is not None) == ops.compiled_available()
     hist = torch.randn(5, 2, 4)
     chunks = policy.base_chunks(hist)
     assert chunks.shape == (5, 3, 4, 2) and torch.isfinite(chunks).all()
+    torch.testing.assert_close(policy.base_sampler(1)(policy.cond(hist)), chunks[:, 1, 0])  # acting's path
     torch.testing.assert_close(MultiSeedPolicy.from_state(policy.state()).base_chunks(hist), chunks)
     legacy = {k: v for k, v in cfg.items() if k != "prediction"}  # checkpoints from before the field: ε
     assert not isinstance(MultiSeedPolicy(dict(legacy), torch.zeros(4), torch.ones(4)).denoiser,

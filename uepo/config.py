@@ -64,8 +64,8 @@ class PretrainConfig:
     start_fraction: float = f(0.0, "share of each batch drawn from the first start_steps steps of episodes")
     start_steps: int = f(25, "an episode's first steps that start_fraction oversamples")
     base_seed: int = f(-1, "seed of sub-policy 0's noise generator; -1: 1000 * run seed")
-    prediction: str = f("eps", "denoiser output and loss: eps (ε-prediction, SPEC; fused sampler), x0 (the clean "
-                               "chunk) or v (√ᾱ ε − √(1−ᾱ) x_0); x0 and v sample through the PyTorch chain")
+    prediction: str = f("eps", "denoiser output and loss: eps (ε-prediction, SPEC), x0 (the clean chunk) or v "
+                               "(√ᾱ ε − √(1−ᾱ) x_0); each samples through the fused sampler")
     denoiser: str = f("mlp", "denoiser network: mlp (fused kernel) or unet (paper's U-Net, PyTorch path)")
     width: int = f(256, "denoiser / BC width")
     num_blocks: int = f(3, "denoiser residual blocks / BC hidden layers")

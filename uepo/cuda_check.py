@@ -63,12 +63,13 @@ def run_on_gpu() -> None:
     net = ResidualMLPDenoiser(8, 3, 22).double()
     steps, bank = Schedule(100).ddim(10), SeedBank.draw(4, 10, 8, 3, 0, dtype=torch.float64)
     cond = torch.randn(32, 22, dtype=torch.float64)
-    ref, _ = ops.reference_multiseed_sample(cond, bank.noise, bank.perturb, net.kernel_weights(),
-                                            steps.timesteps, steps.alpha_bars, 8, 0.1, 1.0)
+    refs = {p: ops.reference_multiseed_sample(cond, bank.noise, bank.perturb, net.kernel_weights(), steps.timesteps,
+                                              steps.alpha_bars, 8, 0.1, 1.0, prediction=p)[0] for p in ops.PREDICTIONS}
     net.cuda()
-    out, _ = ops.multiseed_sample(cond.cuda(), bank.noise.cuda(), bank.perturb.cuda(), net.kernel_weights(),
-                                  steps.timesteps, steps.alpha_bars, 8, 0.1, 1.0)
-    torch.testing.assert_close(out.cpu(), ref)
+    for prediction, ref in refs.items():  # what the network outputs: ε̂, x̂_0 or v̂
+        out, _ = ops.multiseed_sample(cond.cuda(), bank.noise.cuda(), bank.perturb.cuda(), net.kernel_weights(),
+                                      steps.timesteps, steps.alpha_bars, 8, 0.1, 1.0, prediction=prediction)
+        torch.testing.assert_close(out.cpu(), ref)
     obs_n, base, z = torch.randn(5, 11, dtype=torch.float64), torch.rand(5, 3, dtype=torch.float64), torch.randn(
         5, 3, dtype=torch.float64)
     head = [torch.randn(*shape, dtype=torch.float64) / 4 for shape in ((16, 14), (16,), (3, 16), (3,), (3, 16), (3,))]

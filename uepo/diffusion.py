@@ -62,8 +62,10 @@ class X0PredictionDenoiser(nn.Module):
     ``forward`` returns ε̂ = (x_k − √ᾱ_k x̂_0) / √(1 − ᾱ_k), so every chain (DDIM, DDPM, the KL term's)
     runs unchanged and recovers x̂_0 exactly; the loss is on x̂_0 (``predict_x0``). At high noise
     the optimal x̂_0 is E[x_0 | S], the regression a Gaussian BC member fits, which ε-prediction's
-    loss weighs by ᾱ/(1 − ᾱ) ≈ 0 there. Runs through the PyTorch chain, not the fused sampler.
+    loss weighs by ᾱ/(1 − ᾱ) ≈ 0 there. Around the residual MLP the fused sampler runs it (``fused_denoiser``).
     """
+
+    prediction = "x0"  # what ``net`` outputs, as ``ops.multiseed_sample`` names it
 
     def __init__(self, net: nn.Module, num_steps: int):
         super().__init__()
@@ -89,6 +91,8 @@ class VPredictionDenoiser(X0PredictionDenoiser):
     it implies, ε̂ = √ᾱ_k v̂ + √(1 − ᾱ_k) x_k. Measured on x̂_0 its loss weighs step k by 1/(1 − ᾱ_k), the
     sum of x̂₀-prediction's 1 and ε-prediction's ᾱ_k/(1 − ᾱ_k): like x̂₀ at high noise, like ε at low noise."""
 
+    prediction = "v"
+
     def predict_v(self, x: Tensor, k: Tensor, cond: Tensor) -> Tensor:
         """x_k (N, H, d_a), k (N,), cond (N, C) -> v̂ (N, H, d_a)."""
         return self.net(x, k, cond)
@@ -105,6 +109,15 @@ class VPredictionDenoiser(X0PredictionDenoiser):
         """(v̂, v), v = √ᾱ_k ε − √(1 − ᾱ_k) x_0."""
         ab = self.alpha_bars[k].to(x.dtype).view(-1, 1, 1)
         return self.predict_v(x, k, cond), ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+
+def fused_denoiser(denoiser: nn.Module) -> tuple[ResidualMLPDenoiser, str] | None:
+    """(the residual MLP, what it outputs) where the fused sampler can run ``denoiser``, else None (U-Net)."""
+    if isinstance(denoiser, ResidualMLPDenoiser):
+        return denoiser, "eps"
+    if isinstance(denoiser, X0PredictionDenoiser) and isinstance(denoiser.net, ResidualMLPDenoiser):
+        return denoiser.net, denoiser.prediction
+    return None
 
 
 def training_pair(net: nn.Module, x: Tensor, k: Tensor, cond: Tensor, x0: Tensor,
@@ -168,18 +181,20 @@ def multiseed_sample(
 ) -> tuple[Tensor, Tensor | None]:
     """μ^i(S) for every seed of the bank: (B, C) -> chunks (B, n, H, d_a), no autograd.
 
-    The residual-MLP denoiser runs through the fused op (uepo.ops); any other denoiser through
-    the same chain in PyTorch.
+    The residual-MLP denoiser, whatever it predicts, runs through the fused op (uepo.ops); any other
+    denoiser through the same chain in PyTorch.
     """
     if seeds.perturb.shape[-3] != len(steps.timesteps):
         raise ValueError(
             f"the seed bank holds perturbations for {seeds.perturb.shape[-3]} steps but the solver "
             f"takes {len(steps.timesteps)}: draw the bank for this number of sampling steps"
         )
-    if isinstance(denoiser, ResidualMLPDenoiser):
+    fused = fused_denoiser(denoiser)
+    if fused is not None:
+        net, prediction = fused
         return ops.multiseed_sample(
-            cond, seeds.noise, seeds.perturb, denoiser.kernel_weights(), steps.timesteps,
-            steps.alpha_bars, denoiser.horizon, eta, tau, return_div=return_div,
+            cond, seeds.noise, seeds.perturb, net.kernel_weights(), steps.timesteps,
+            steps.alpha_bars, net.horizon, eta, tau, return_div=return_div, prediction=prediction,
         )
 
     def eps_fn(x: Tensor, t: int, c: Tensor) -> Tensor:

@@ -193,6 +193,21 @@ def nearest_competitor(div: Tensor) -> Tensor:
     return div.masked_fill(eye, math.inf).amin(-1)
 
 
+PREDICTIONS = ("eps", "x0", "v")  # what a denoiser outputs (``pretrain.prediction``)
+
+
+def implied_eps(out: Tensor, x: Tensor, alpha_bar: float, prediction: str) -> Tensor:
+    """The ε̂ that a denoiser's output implies at x_k: the output itself (eps), from x̂_0 (x0) or from
+    v̂ = √ᾱ ε − √(1 − ᾱ) x_0 (v); the fused sampler converts in the same order of operations."""
+    if prediction == "x0":
+        return (x - math.sqrt(alpha_bar) * out) / math.sqrt(1 - alpha_bar)
+    if prediction == "v":
+        return math.sqrt(alpha_bar) * out + math.sqrt(1 - alpha_bar) * x
+    if prediction != "eps":
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    return out
+
+
 def multiseed_ddim(
     eps_fn: EpsFn,
     cond: Tensor,
@@ -246,13 +261,17 @@ def reference_multiseed_sample(
     tau: float = 0.0,
     eps: float = DIVERGENCE_EPS,
     return_div: bool = False,
+    prediction: str = "eps",
 ) -> tuple[Tensor, Tensor | None]:
     """The fused sampler's reference: the residual-MLP denoiser module in a Python loop."""
     from uepo.nets import residual_mlp_apply
 
+    alpha_bar_at = dict(zip((int(t) for t in timesteps), (float(a) for a in alpha_bars), strict=False))
+
     def eps_fn(x: Tensor, t: int, c: Tensor) -> Tensor:
         steps = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        return residual_mlp_apply(weights, x.reshape(x.shape[0], -1), steps, c)
+        flat = x.reshape(x.shape[0], -1)
+        return implied_eps(residual_mlp_apply(weights, flat, steps, c), flat, alpha_bar_at[t], prediction)
 
     with torch.no_grad():
         return multiseed_ddim(eps_fn, cond, noise, perturb, timesteps, alpha_bars, eta, tau, eps, return_div)
@@ -270,6 +289,7 @@ def multiseed_sample(
     tau: float = 0.0,
     eps: float = DIVERGENCE_EPS,
     return_div: bool = False,
+    prediction: str = "eps",
 ) -> tuple[Tensor, Tensor | None]:
     """Whole DDIM chain of the residual-MLP denoiser for B states × n seeds in one call.
 
@@ -284,19 +304,21 @@ def multiseed_sample(
         eta, tau: perturbation strength η and threshold τ (τ ≤ 0 disables the perturbation).
         eps: ε_c of the divergence.
         return_div: also return the nearest-competitor divergences (B, n, K_s).
+        prediction: what the network outputs, ``eps`` (ε̂), ``x0`` (x̂_0) or ``v`` (v̂); each step uses the ε̂ it
+            implies (``implied_eps``).
 
     Returns:
         chunks (B, n, H, d_a), and the divergences or None. No autograd.
     """
     if not _use_compiled(cond):
         return reference_multiseed_sample(
-            cond, noise, perturb, weights, timesteps, alpha_bars, horizon, eta, tau, eps, return_div
+            cond, noise, perturb, weights, timesteps, alpha_bars, horizon, eta, tau, eps, return_div, prediction
         )
     with torch.no_grad():
         chunks, divs = torch.ops.uepo.multiseed_sample(
             cond, noise, perturb, list(weights), [int(t) for t in timesteps],
             [float(a) for a in alpha_bars], int(horizon), float(eta), float(tau), float(eps),
-            bool(return_div),
+            bool(return_div), prediction,
         )
     return chunks, (divs if return_div else None)
 
@@ -344,12 +366,13 @@ def reference_acting_step(
     hist: Tensor, obs_mean: Tensor, obs_std: Tensor, noise: Tensor, perturb: Tensor, weights: Sequence[Tensor],
     timesteps: Sequence[int], alpha_bars: Sequence[float], horizon: int, eta: float, tau: float, eps: float,
     seed_index: int, head: Sequence[Tensor], log_std_min: float, log_std_max: float, z: Tensor,
+    prediction: str = "eps",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``acting_step`` call by call: normalise, ``multiseed_sample``, ``residual_head`` (each the compiled op
     where it runs, so with the compiled backend this is the op's own sequence of calls)."""
     cond = (hist - obs_mean) / obs_std
     chunks, _ = multiseed_sample(cond.view(hist.shape[0], -1), noise, perturb, weights, timesteps, alpha_bars,
-                                 horizon, eta, tau, eps)
+                                 horizon, eta, tau, eps, prediction=prediction)
     base = chunks[:, seed_index, 0]
     return (base, *residual_head(cond[:, -1], base, head, log_std_min, log_std_max, z))
 
@@ -358,6 +381,7 @@ def acting_step(
     hist: Tensor, obs_mean: Tensor, obs_std: Tensor, noise: Tensor, perturb: Tensor, weights: Sequence[Tensor],
     timesteps: Sequence[int], alpha_bars: Sequence[float], horizon: int, eta: float, tau: float, eps: float,
     seed_index: int, head: Sequence[Tensor], log_std_min: float, log_std_max: float, z: Tensor,
+    prediction: str = "eps",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sub-policy ``seed_index``'s acting step for B raw state histories, in one call.
 
@@ -369,6 +393,7 @@ def acting_step(
             (each followed by ReLU; input [s_t normalised, μ^i_1]), then the mean layer's and the log-std
             layer's. log_std = log_std_min + (log_std_max − log_std_min)(tanh(u) + 1)/2.
         z: (B, d_a) standard normal draws.
+        prediction: what the denoiser outputs (``multiseed_sample``).
 
     Returns:
         μ^i_1 (B, d_a), the action mean + scale·z, the mean μ^i_1 + tanh(·), the scale; no autograd
@@ -376,11 +401,12 @@ def acting_step(
     """
     if not _use_compiled(hist):
         return reference_acting_step(hist, obs_mean, obs_std, noise, perturb, weights, timesteps, alpha_bars,
-                                     horizon, eta, tau, eps, seed_index, head, log_std_min, log_std_max, z)
+                                     horizon, eta, tau, eps, seed_index, head, log_std_min, log_std_max, z,
+                                     prediction)
     return torch.ops.uepo.acting_step(
         hist, obs_mean, obs_std, noise, perturb, list(weights), [int(t) for t in timesteps],
         [float(a) for a in alpha_bars], int(horizon), float(eta), float(tau), float(eps), int(seed_index),
-        list(head), float(log_std_min), float(log_std_max), z)
+        list(head), float(log_std_min), float(log_std_max), z, prediction)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +429,7 @@ if compiled_available():  # autograd of uepo::divergence is registered in C++ (c
 
     @torch.library.register_fake("uepo::multiseed_sample")
     def _multiseed_sample_fake(cond, noise, perturb, weights, timesteps, alpha_bars, horizon,
-                               eta, tau, eps, return_div):
+                               eta, tau, eps, return_div, prediction="eps"):
         B, n, H, D = cond.shape[0], noise.shape[-3], noise.shape[-2], noise.shape[-1]
         divs = cond.new_empty(B, n, len(timesteps)) if return_div else cond.new_empty(0)
         return cond.new_empty(B, n, H, D), divs

@@ -27,6 +27,7 @@ from uepo.diffusion import (
     VPredictionDenoiser,
     X0PredictionDenoiser,
     ddpm_step_noise,
+    fused_denoiser,
     multiseed_ddpm,
     multiseed_sample,
 )
@@ -154,16 +155,22 @@ class MultiSeedPolicy(nn.Module):
         args = self.sampler_op_args()
         if args is None:
             return lambda cond: self.base_chunks_from_cond(cond)[:, seed_index, 0]
-        op = torch.ops.uepo.multiseed_sample.default
-        return lambda cond: op(cond, *args, False)[0][:, seed_index, 0]
+        op, prediction = torch.ops.uepo.multiseed_sample.default, self.prediction
+        return lambda cond: op(cond, *args, False, prediction)[0][:, seed_index, 0]
+
+    @property
+    def prediction(self) -> str:
+        """What the denoiser outputs (eps, x0 or v): the fused sampler's ``prediction`` argument."""
+        return getattr(self.denoiser, "prediction", "eps")
 
     def sampler_op_args(self) -> tuple | None:
-        """The compiled sampler's arguments after ``cond`` (noise … eps), built once; None where the sampler
-        does not run as the fused op (Gaussian members, DDPM, the U-Net, the reference backend)."""
-        if (self.kind != "diffusion" or self.sampler != "ddim" or not isinstance(self.denoiser, ResidualMLPDenoiser)
-                or ops.backend(self.seed_noise.device) == "reference"):
+        """The compiled sampler's arguments after ``cond`` (noise … eps; ``prediction`` follows return_div),
+        built once; None where the sampler does not run as the fused op (Gaussian members, DDPM, the U-Net,
+        the reference backend)."""
+        fused = fused_denoiser(self.denoiser) if self.kind == "diffusion" else None
+        if fused is None or self.sampler != "ddim" or ops.backend(self.seed_noise.device) == "reference":
             return None
-        return (self.seed_noise, self.seed_perturb, self.denoiser.kernel_weights(),
+        return (self.seed_noise, self.seed_perturb, fused[0].kernel_weights(),
                 [int(t) for t in self.steps.timesteps], [float(a) for a in self.steps.alpha_bars],
                 self.horizon, self.eta, self.tau, ops.DIVERGENCE_EPS)
 

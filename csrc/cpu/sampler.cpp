@@ -161,9 +161,9 @@ const SamplerKernels kCpuKernels{&init_rows_cpu, &linear_cpu, &layernorm_cpu, &d
 std::tuple<at::Tensor, at::Tensor> multiseed_sample_cpu(
     const at::Tensor& cond, const at::Tensor& noise, const at::Tensor& perturb,
     at::TensorList weights, at::IntArrayRef timesteps, at::ArrayRef<double> alpha_bars,
-    int64_t horizon, double eta, double tau, double eps, bool return_div) {
+    int64_t horizon, double eta, double tau, double eps, bool return_div, c10::string_view prediction) {
   return multiseed_sample_impl(kCpuKernels, cond, noise, perturb, weights, timesteps, alpha_bars,
-                               horizon, eta, tau, eps, return_div);
+                               horizon, eta, tau, eps, return_div, prediction);
 }
 
 }  // namespace

@@ -185,10 +185,10 @@ const SamplerKernels kCudaKernels{&init_rows_cuda, &linear_cuda, &layernorm_cuda
 std::tuple<at::Tensor, at::Tensor> multiseed_sample_cuda(
     const at::Tensor& cond, const at::Tensor& noise, const at::Tensor& perturb,
     at::TensorList weights, at::IntArrayRef timesteps, at::ArrayRef<double> alpha_bars,
-    int64_t horizon, double eta, double tau, double eps, bool return_div) {
+    int64_t horizon, double eta, double tau, double eps, bool return_div, c10::string_view prediction) {
   const c10::cuda::CUDAGuard guard(cond.device());
   return multiseed_sample_impl(kCudaKernels, cond, noise, perturb, weights, timesteps, alpha_bars,
-                               horizon, eta, tau, eps, return_div);
+                               horizon, eta, tau, eps, return_div, prediction);
 }
 
 }  // namespace

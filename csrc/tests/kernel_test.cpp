@@ -99,14 +99,15 @@ void sampler_determinism() {
                        .findSchemaOrThrow("uepo::multiseed_sample", "")
                        .typed<std::tuple<at::Tensor, at::Tensor>(
                            const at::Tensor&, const at::Tensor&, const at::Tensor&, at::TensorList,
-                           c10::IntArrayRef, c10::ArrayRef<double>, int64_t, double, double, double, bool)>();
-  auto [a, da] = op.call(cond, noise, perturb, w, timesteps, alpha_bars, H, 0.1, 1.0, 1e-4, true);
-  auto [b, db] = op.call(cond, noise, perturb, w, timesteps, alpha_bars, H, 0.1, 1.0, 1e-4, true);
+                           c10::IntArrayRef, c10::ArrayRef<double>, int64_t, double, double, double, bool,
+                           c10::string_view)>();
+  auto [a, da] = op.call(cond, noise, perturb, w, timesteps, alpha_bars, H, 0.1, 1.0, 1e-4, true, "eps");
+  auto [b, db] = op.call(cond, noise, perturb, w, timesteps, alpha_bars, H, 0.1, 1.0, 1e-4, true, "eps");
   expect(a.sizes() == at::IntArrayRef({B, n, H, D}) && da.sizes() == at::IntArrayRef({B, n, K}),
          "sampler shapes (B, n, H, d_a) and (B, n, K_s)");
   expect(at::equal(a, b) && at::equal(da, db), "sampler is deterministic");
   expect(a.abs().max().item<float>() <= 1.0f, "chunks lie in [-1, 1]");
-  auto [c, dc] = op.call(cond, -noise, perturb, w, timesteps, alpha_bars, H, 0.1, 1.0, 1e-4, false);
+  auto [c, dc] = op.call(cond, -noise, perturb, w, timesteps, alpha_bars, H, 0.1, 1.0, 1e-4, false, "eps");
   expect(!at::allclose(a, c), "other noise, other chunks");
 }
 

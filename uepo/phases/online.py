@@ -158,14 +158,14 @@ class OnlineAgent:
         p = self.policy
         sampler_args = p.sampler_op_args()
         if fused and sampler_args is not None and not self.cuda_graph:
-            op, head = torch.ops.uepo.acting_step.default, self.head_weights()
+            op, head, prediction = torch.ops.uepo.acting_step.default, self.head_weights(), p.prediction
             mean_std, shape, dtype = (p.obs_mean, p.obs_std), (num_envs, p.action_dim), p.obs_mean.dtype
 
             def one_call(hist: Tensor) -> ActOut:
                 z = torch.randn(shape, dtype=dtype, device=hist.device)  # the step below's randn_like(base)
                 if hist.dtype != dtype:  # (no .to call when equal: at B = 1 it costs ~1 % of the step)
                     hist = hist.to(dtype)
-                return op(hist, *mean_std, *sampler_args, self.selected, head, LOG_STD_MIN, LOG_STD_MAX, z)
+                return op(hist, *mean_std, *sampler_args, self.selected, head, LOG_STD_MIN, LOG_STD_MAX, z, prediction)
 
             return one_call
         base_of, draw = p.base_sampler(self.selected), self.action_sampler()

@@ -64,11 +64,13 @@ struct SamplerKernels {
 };
 
 // The fused sampler for any backend: checks, the whole chain, returns (chunks, divergences).
+// `prediction` is what the network outputs: "eps" (ε̂), "x0" (x̂_0) or "v" (v̂ = √ᾱ ε − √(1−ᾱ) x_0);
+// x0 and v are turned into the ε̂ they imply before each DDIM step, as uepo.diffusion's wrappers do.
 std::tuple<at::Tensor, at::Tensor> multiseed_sample_impl(
     const SamplerKernels& kernels, const at::Tensor& cond, const at::Tensor& noise,
     const at::Tensor& perturb, at::TensorList weights, at::IntArrayRef timesteps,
     at::ArrayRef<double> alpha_bars, int64_t horizon, double eta, double tau, double eps,
-    bool return_div);
+    bool return_div, c10::string_view prediction);
 
 // ---- residual Gaussian head (phase E's acting) --------------------------------------------------
 

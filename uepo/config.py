@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from uepo.datasets import DEFAULT_DATASET_ID
+from uepo.ops import PREDICTIONS
 
 
 def f(default: Any, help: str) -> Any:  # noqa: A002 (mirrors argparse's name)
@@ -349,7 +350,7 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--policy must be 'diffusion' or 'gaussian-ensemble', got {cfg.policy!r}")
     if cfg.pretrain.denoiser not in ("mlp", "unet"):
         raise ValueError(f"--denoiser must be 'mlp' or 'unet', got {cfg.pretrain.denoiser!r}")
-    if cfg.pretrain.prediction not in ("eps", "x0", "v"):
+    if cfg.pretrain.prediction not in PREDICTIONS:
         raise ValueError(f"--prediction must be 'eps', 'x0' or 'v', got {cfg.pretrain.prediction!r}")
     if cfg.pretrain.seq_kl_form not in ("closed", "data"):
         raise ValueError(f"--seq_kl_form must be 'closed' or 'data', got {cfg.pretrain.seq_kl_form!r}")

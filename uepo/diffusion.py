@@ -77,8 +77,12 @@ class X0PredictionDenoiser(nn.Module):
         """x_k (N, H, d_a), k (N,), cond (N, C) -> x̂_0 (N, H, d_a)."""
         return self.net(x, k, cond)
 
+    def alpha_bar(self, k: Tensor, x: Tensor) -> Tensor:
+        """ᾱ_k per row (N,) -> (N, 1, 1) in x's dtype."""
+        return self.alpha_bars[k].to(x.dtype).view(-1, 1, 1)
+
     def forward(self, x: Tensor, k: Tensor, cond: Tensor) -> Tensor:
-        ab = self.alpha_bars[k].to(x.dtype).view(-1, 1, 1)
+        ab = self.alpha_bar(k, x)
         return (x - ab.sqrt() * self.predict_x0(x, k, cond)) / (1 - ab).sqrt()
 
     def training_pair(self, x: Tensor, k: Tensor, cond: Tensor, x0: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
@@ -98,17 +102,20 @@ class VPredictionDenoiser(X0PredictionDenoiser):
         return self.net(x, k, cond)
 
     def predict_x0(self, x: Tensor, k: Tensor, cond: Tensor) -> Tensor:
-        ab = self.alpha_bars[k].to(x.dtype).view(-1, 1, 1)
+        ab = self.alpha_bar(k, x)
         return ab.sqrt() * x - (1 - ab).sqrt() * self.predict_v(x, k, cond)
 
     def forward(self, x: Tensor, k: Tensor, cond: Tensor) -> Tensor:
-        ab = self.alpha_bars[k].to(x.dtype).view(-1, 1, 1)
+        ab = self.alpha_bar(k, x)
         return ab.sqrt() * self.predict_v(x, k, cond) + (1 - ab).sqrt() * x
 
     def training_pair(self, x: Tensor, k: Tensor, cond: Tensor, x0: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """(v̂, v), v = √ᾱ_k ε − √(1 − ᾱ_k) x_0."""
-        ab = self.alpha_bars[k].to(x.dtype).view(-1, 1, 1)
+        ab = self.alpha_bar(k, x)
         return self.predict_v(x, k, cond), ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+
+PREDICTION_WRAPPERS = {"x0": X0PredictionDenoiser, "v": VPredictionDenoiser}  # eps: the network itself
 
 
 def fused_denoiser(denoiser: nn.Module) -> tuple[ResidualMLPDenoiser, str] | None:

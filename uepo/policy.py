@@ -21,11 +21,10 @@ from torch import Tensor, nn
 
 from uepo import ops
 from uepo.diffusion import (
+    PREDICTION_WRAPPERS,
     DDIMSteps,
     Schedule,
     SeedBank,
-    VPredictionDenoiser,
-    X0PredictionDenoiser,
     ddpm_step_noise,
     fused_denoiser,
     multiseed_ddpm,
@@ -50,13 +49,10 @@ def build_backbone(cfg: dict) -> nn.Module:
     else:
         raise ValueError(f"unknown denoiser {cfg['denoiser']!r}: use 'mlp' or 'unet'")
     prediction = cfg.get("prediction", "eps")  # checkpoints that predate the field predict ε
-    if prediction == "x0":
-        return X0PredictionDenoiser(net, cfg["diffusion_steps"])
-    if prediction == "v":
-        return VPredictionDenoiser(net, cfg["diffusion_steps"])
-    if prediction != "eps":
+    if prediction not in ops.PREDICTIONS:
         raise ValueError(f"unknown prediction {prediction!r}: use 'eps', 'x0' or 'v'")
-    return net
+    wrapper = PREDICTION_WRAPPERS.get(prediction)
+    return net if wrapper is None else wrapper(net, cfg["diffusion_steps"])
 
 
 class MultiSeedPolicy(nn.Module):

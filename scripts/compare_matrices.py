@@ -8,6 +8,10 @@ variant, it prints the mean over the paired seeds of: the raw μⁱ, the improve
 policy and the selection regret, base → new, with the selected score's paired difference (mean ± std
 over seeds). Used for registered tests where a phase is rerun on the same upstream phases
 (``--reuse_from``), so the raw scores match and what moves is the setting's.
+
+``--targets`` also prints issue 8's four targets per dataset for the main method on both sides, over the
+seeds the new side has, each against the base side's ``gaussian-ensemble`` runs of the same seeds (the new
+side need not rerun the Gaussian ensemble when its change is UEPO's alone).
 """
 
 from __future__ import annotations
@@ -70,19 +74,61 @@ def compare(base: dict[Key, dict], new: dict[Key, dict]) -> list[dict]:
     return [row(name, pairs) for name, pairs in sorted(groups.items(), key=lambda kv: (kv[0].startswith("**"), kv[0]))]
 
 
+TARGETS = ("raw ≥ raw Gaussian", "selected ≥ data", "selected ≥ 1.059 × selected Gaussian", "regret ≤ 1")
+
+
+def target_margins(main: list[dict], gauss: list[dict]) -> list[float]:
+    """Each target's margin (≥ 0: met) over a dataset's runs: means over seeds, as issue 8 states them."""
+    raw_u, raw_g = mean([mean(r["raw"]) for r in main]), mean([mean(r["raw"]) for r in gauss])
+    sel_u, sel_g = mean([r["selected"] for r in main]), mean([r["selected"] for r in gauss])
+    return [raw_u - raw_g, sel_u - main[0]["dataset_episodes"], sel_u - 1.059 * sel_g,
+            1.0 - mean([r["regret"] for r in main])]
+
+
+def targets(base: dict[Key, dict], new: dict[Key, dict]) -> list[dict]:
+    rows = []
+    for dataset in sorted({d for d, v, _ in new if v == "main"}):
+        seeds = sorted(s for d, v, s in new if d == dataset and v == "main")
+        gauss = [base[(dataset, "gaussian-ensemble", s)] for s in seeds if (dataset, "gaussian-ensemble", s) in base]
+        old = [base[(dataset, "main", s)] for s in seeds if (dataset, "main", s) in base]
+        if not gauss or len(old) != len(seeds):
+            print(f"{dataset}: base lacks main or gaussian-ensemble runs for seeds {seeds}; no targets")
+            continue
+        rows.append({"dataset": dataset, "seeds": seeds, "gaussian_seeds": len(gauss),
+                     "base": target_margins(old, gauss),
+                     "new": target_margins([new[(dataset, "main", s)] for s in seeds], gauss)})
+    return rows
+
+
+def targets_table(rows: list[dict]) -> str:
+    lines = ["| dataset (seeds) | " + " | ".join(TARGETS) + " | met, base → new |", "|---|" + "---|" * 5]
+    for r in rows:
+        cells = [f"{b:+.1f} → {n:+.1f}" for b, n in zip(r["base"], r["new"], strict=True)]
+        met = [sum(m >= 0 for m in r[side]) for side in ("base", "new")]
+        seeds = ", ".join(map(str, r["seeds"]))
+        lines.append(f"| {r['dataset']} ({seeds}) | {' | '.join(cells)} | {met[0]} → {met[1]} |")
+    total = [sum(m >= 0 for r in rows for m in r[side]) for side in ("base", "new")]
+    lines.append(f"\nMargins (≥ 0: met), base → new; targets met: {total[0]} → {total[1]} of {4 * len(rows)}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", nargs="+", type=Path, help="matrix JSON(s) of today's setting")
     parser.add_argument("--new", nargs="+", type=Path, required=True, help="matrix JSON(s) of the changed setting")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--targets", action="store_true", help="also issue 8's targets per dataset, base → new")
     args = parser.parse_args(argv)
     base, new = load(args.base), load(args.new)
     rows = compare(base, new)
     unpaired = len(set(base) ^ set(new))
     print(table(rows))
     print(f"\n{sum(1 for k in base if k in new)} paired runs; {unpaired} in one side only (left out)")
+    target_rows = targets(base, new) if args.targets else []
+    if target_rows:
+        print("\n" + targets_table(target_rows))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        args.json.write_text(json.dumps({"rows": rows, "targets": target_rows}, indent=1) + "\n")
     return 0
 
 

@@ -172,3 +172,27 @@ def test_compare_matrices_pairs_runs_by_dataset_variant_seed(tmp_path):
     assert pooled["improved"] == [4.5, 5.0] and pooled["raw"] == [2.0, 2.0]
     assert pooled["selected_diff"] == [3.0, 1.0]
     assert "+2.00 ± 1.41" in compare_matrices.table(rows)
+
+
+def test_compare_matrices_targets_use_the_base_gaussian_runs_of_the_new_seeds(tmp_path):
+    """--targets: issue 8's four margins per dataset, each side's UEPO against the base's Gaussian of the same seeds."""
+    spec = importlib.util.spec_from_file_location(
+        "compare_matrices", os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "compare_matrices.py"))
+    compare_matrices = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_matrices)
+
+    def record(variant: str, seed: int, raw: list[float], selected: float, regret: float) -> dict:
+        return {"dataset": "d", "variant": variant, "seed": seed, "raw": raw, "improved": raw, "selected": selected,
+                "regret": regret, "dataset_episodes": 10.0}
+
+    base = {(r["dataset"], r["variant"], r["seed"]): r for r in (
+        record("main", 3, [8.0, 10.0], 9.0, 3.0), record("main", 4, [10.0, 12.0], 11.0, 1.0),
+        record("gaussian-ensemble", 3, [10.0], 10.0, 0.0), record("gaussian-ensemble", 4, [12.0], 12.0, 0.0),
+        record("gaussian-ensemble", 0, [99.0], 99.0, 0.0))}  # seed 0 is not in the new side: not compared
+    new = {("d", "main", s): record("main", s, [12.0, 12.0], sel, 0.5) for s, sel in ((3, 13.0), (4, 12.0))}
+    (row,) = compare_matrices.targets(base, new)
+    assert row["seeds"] == [3, 4] and row["gaussian_seeds"] == 2
+    assert row["base"] == pytest.approx([10.0 - 11.0, 10.0 - 10.0, 10.0 - 1.059 * 11.0, 1.0 - 2.0])
+    assert row["new"] == pytest.approx([12.0 - 11.0, 12.5 - 10.0, 12.5 - 1.059 * 11.0, 0.5])
+    table = compare_matrices.targets_table([row])
+    assert "| 1 → 4 |" in table and "targets met: 1 → 4 of 4" in table  # base: selected ≥ data only

@@ -149,12 +149,18 @@ def test_report_of_runs_gathered_from_two_sweeps_where_only_some_seeds_reused_ph
     assert "| gaussian-ensemble | 2 |" in table.split("Wall time per phase")[1]
 
 
-def test_compare_matrices_pairs_runs_by_dataset_variant_seed(tmp_path):
-    """scripts/compare_matrices.py: a run in one side only is left out; means and paired differences by hand."""
+def load_compare_matrices():
+    """scripts/compare_matrices.py as a module (scripts/ is not a package)."""
     spec = importlib.util.spec_from_file_location(
         "compare_matrices", os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "compare_matrices.py"))
-    compare_matrices = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare_matrices)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_matrices_pairs_runs_by_dataset_variant_seed(tmp_path):
+    """scripts/compare_matrices.py: a run in one side only is left out; means and paired differences by hand."""
+    compare_matrices = load_compare_matrices()
 
     def record(seed: int, selected: float, regret: float, improved: list[float]) -> dict:
         return {"dataset": "d", "variant": "main", "seed": seed, "raw": [1.0, 3.0], "improved": improved,
@@ -176,10 +182,7 @@ def test_compare_matrices_pairs_runs_by_dataset_variant_seed(tmp_path):
 
 def test_compare_matrices_targets_use_the_base_gaussian_runs_of_the_new_seeds(tmp_path):
     """--targets: issue 8's four margins per dataset, each side's UEPO against the base's Gaussian of the same seeds."""
-    spec = importlib.util.spec_from_file_location(
-        "compare_matrices", os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "compare_matrices.py"))
-    compare_matrices = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare_matrices)
+    compare_matrices = load_compare_matrices()
 
     def record(variant: str, seed: int, raw: list[float], selected: float, regret: float) -> dict:
         return {"dataset": "d", "variant": variant, "seed": seed, "raw": raw, "improved": raw, "selected": selected,

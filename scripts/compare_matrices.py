@@ -21,6 +21,8 @@ import json
 import statistics
 from pathlib import Path
 
+from uepo.matrix import TARGETS, target_margins
+
 Key = tuple[str, str, int]
 
 
@@ -74,17 +76,6 @@ def compare(base: dict[Key, dict], new: dict[Key, dict]) -> list[dict]:
     return [row(name, pairs) for name, pairs in sorted(groups.items(), key=lambda kv: (kv[0].startswith("**"), kv[0]))]
 
 
-TARGETS = ("raw ≥ raw Gaussian", "selected ≥ data", "selected ≥ 1.059 × selected Gaussian", "regret ≤ 1")
-
-
-def target_margins(main: list[dict], gauss: list[dict]) -> list[float]:
-    """Each target's margin (≥ 0: met) over a dataset's runs: means over seeds, as issue 8 states them."""
-    raw_u, raw_g = mean([mean(r["raw"]) for r in main]), mean([mean(r["raw"]) for r in gauss])
-    sel_u, sel_g = mean([r["selected"] for r in main]), mean([r["selected"] for r in gauss])
-    return [raw_u - raw_g, sel_u - main[0]["dataset_episodes"], sel_u - 1.059 * sel_g,
-            1.0 - mean([r["regret"] for r in main])]
-
-
 def targets(base: dict[Key, dict], new: dict[Key, dict]) -> list[dict]:
     rows = []
     for dataset in sorted({d for d, v, _ in new if v == "main"}):
@@ -100,14 +91,18 @@ def targets(base: dict[Key, dict], new: dict[Key, dict]) -> list[dict]:
     return rows
 
 
+def _fmt(margin: float | None) -> str:
+    return "—" if margin is None else f"{margin:+.1f}"
+
+
 def targets_table(rows: list[dict]) -> str:
     lines = ["| dataset (seeds) | " + " | ".join(TARGETS) + " | met, base → new |", "|---|" + "---|" * 5]
     for r in rows:
-        cells = [f"{b:+.1f} → {n:+.1f}" for b, n in zip(r["base"], r["new"], strict=True)]
-        met = [sum(m >= 0 for m in r[side]) for side in ("base", "new")]
+        cells = [f"{_fmt(b)} → {_fmt(n)}" for b, n in zip(r["base"], r["new"], strict=True)]
+        met = [sum(m is not None and m >= 0 for m in r[side]) for side in ("base", "new")]
         seeds = ", ".join(map(str, r["seeds"]))
         lines.append(f"| {r['dataset']} ({seeds}) | {' | '.join(cells)} | {met[0]} → {met[1]} |")
-    total = [sum(m >= 0 for r in rows for m in r[side]) for side in ("base", "new")]
+    total = [sum(m is not None and m >= 0 for r in rows for m in r[side]) for side in ("base", "new")]
     lines.append(f"\nMargins (≥ 0: met), base → new; targets met: {total[0]} → {total[1]} of {4 * len(rows)}")
     return "\n".join(lines)
 

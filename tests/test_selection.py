@@ -226,6 +226,7 @@ def test_accept_z_accepts_only_gains_beyond_amq_noise(hopper_phases, tmp_path):
     assert free.amq_raw == strict.amq_raw
     assert any(b > r for b, r in zip(free.amq_best, free.amq_raw, strict=True))  # the premise: BPPO gains
     assert strict.amq_best == strict.amq_raw
+    assert (free.selection["accept_z"], strict.selection["accept_z"]) == (0.0, 1e6)  # the margin it ran with
     for result in (free, strict):
         sel = result.selection
         assert all(se is not None and se > 0 for se in sel["amq_se"])

@@ -461,7 +461,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
         selection.update(ranking=ranking, gain_penalty=cfg.gain_penalty,
                          method="amq-gain-penalty" if selection["method"] == "amq" else selection["method"])
     selection.update(separation(ranking, ranking_rows, selection["selected"]))
-    selection.update(amq_plausible=best_ok, amq_raw_plausible=raw_ok, support={
+    selection.update(accept_z=cfg.accept_z, amq_plausible=best_ok, amq_raw_plausible=raw_ok, support={
         "disagreement": support.disagreement, "q_low": support.q_low, "q_high": support.q_high,
         "q_floor": support.q_floor})
     selected = selection["selected"]

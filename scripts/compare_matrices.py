@@ -95,14 +95,18 @@ def _fmt(margin: float | None) -> str:
     return "—" if margin is None else f"{margin:+.1f}"
 
 
+def _met(margins: list[float | None]) -> int:
+    return sum(m is not None and m >= 0 for m in margins)
+
+
 def targets_table(rows: list[dict]) -> str:
     lines = ["| dataset (seeds) | " + " | ".join(TARGETS) + " | met, base → new |", "|---|" + "---|" * 5]
     for r in rows:
         cells = [f"{_fmt(b)} → {_fmt(n)}" for b, n in zip(r["base"], r["new"], strict=True)]
-        met = [sum(m is not None and m >= 0 for m in r[side]) for side in ("base", "new")]
+        met = [_met(r[side]) for side in ("base", "new")]
         seeds = ", ".join(map(str, r["seeds"]))
         lines.append(f"| {r['dataset']} ({seeds}) | {' | '.join(cells)} | {met[0]} → {met[1]} |")
-    total = [sum(m is not None and m >= 0 for r in rows for m in r[side]) for side in ("base", "new")]
+    total = [sum(_met(r[side]) for r in rows) for side in ("base", "new")]
     lines.append(f"\nMargins (≥ 0: met), base → new; targets met: {total[0]} → {total[1]} of {4 * len(rows)}")
     return "\n".join(lines)
 

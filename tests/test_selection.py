@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from uepo.config import ImproveConfig, apply_overrides, preset
+from uepo.config import ImproveConfig, accept_z_of, apply_overrides, preset, validate
 from uepo.data import load_offline_data
 from uepo.evaluate import (
     RANDOM_LEVEL,
@@ -231,6 +231,19 @@ def test_accept_z_accepts_only_gains_beyond_amq_noise(hopper_phases, tmp_path):
         sel = result.selection
         assert all(se is not None and se > 0 for se in sel["amq_se"])
         assert sel["runner_up"] != result.selected and sel["runner_up_z"] is not None and sel["runner_up_z"] >= 0
+
+
+def test_accept_z_default_is_by_policy_kind():
+    """-1 (the default) is the gate for diffusion sub-policies and Uni-O4's any-gain rule for its Gaussian
+    baseline; a value given is used as given, for either kind; a negative one other than -1 is refused."""
+    assert preset("bench").improve.accept_z == -1
+    for policy, margin in (("diffusion", 1.645), ("gaussian-ensemble", 0.0)):
+        cfg = apply_overrides(preset("smoke"), {"policy": policy})
+        validate(cfg)
+        assert accept_z_of(cfg) == margin
+        assert accept_z_of(apply_overrides(cfg, {"improve": {"accept_z": 0.5}})) == 0.5
+    with pytest.raises(ValueError, match="accept_z must be a finite number >= 0 .* or -1"):
+        validate(apply_overrides(preset("smoke"), {"improve": {"accept_z": -0.5}}))
 
 
 def test_fresh_amq_replaces_the_gates_values():

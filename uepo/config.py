@@ -65,8 +65,9 @@ class PretrainConfig:
     start_fraction: float = f(0.0, "share of each batch drawn from the first start_steps steps of episodes")
     start_steps: int = f(25, "an episode's first steps that start_fraction oversamples")
     base_seed: int = f(-1, "seed of sub-policy 0's noise generator; -1: 1000 * run seed")
-    prediction: str = f("eps", "denoiser output and loss: eps (ε-prediction, SPEC), x0 (the clean chunk) or v "
-                               "(√ᾱ ε − √(1−ᾱ) x_0); each samples through the fused sampler")
+    prediction: str = f("x0", "denoiser output and loss: x0 (the clean chunk; the default since RESULTS 0n: ε's "
+                              "sub-policies stood still on HalfCheetah, x̂₀'s ran at the data's level), eps "
+                              "(ε-prediction, SPEC) or v (√ᾱ ε − √(1−ᾱ) x_0); each samples through the fused sampler")
     denoiser: str = f("mlp", "denoiser network: mlp (fused kernel) or unet (paper's U-Net, PyTorch path)")
     width: int = f(256, "denoiser / BC width")
     num_blocks: int = f(3, "denoiser residual blocks / BC hidden layers")
@@ -121,8 +122,9 @@ class ImproveConfig:
     entropy: float = f(0.0, "entropy bonus")
     std_warmup_steps: int = f(2000, "log-std warm-start steps (NLL of dataset actions around μ^i_1)")
     ope_every: int = f(1000, "E_ope: BPPO steps between AM-Q evaluations")
-    accept_z: float = f(0.0, "accept a BPPO head only if its AM-Q gain is this many standard errors of the "
-                             "paired per-start-state difference (0: any gain, as Uni-O4)")
+    accept_z: float = f(-1.0, "accept a BPPO head only if its AM-Q gain is this many standard errors of the "
+                              "paired per-start-state difference (0: any gain, as Uni-O4); -1: by policy kind, "
+                              "1.645 diffusion (RESULTS 0l–0n), 0 gaussian-ensemble (Uni-O4's rule; RESULTS 0i)")
     ope_states: int = f(256, "dataset start states of each AM-Q rollout")
     validate_states: int = f(0, "select i* on AM-Q from this many fresh start states, not the gate's own (whose "
                                 "accepted Ĵ is a max over tries); 0: on the gate's states (Uni-O4)")
@@ -202,6 +204,10 @@ class Config:
 
 
 SELECTIONS = ("amq", "amq-gain-penalty", "amq-topk-online")  # --selection
+# --improve.accept_z -1's value per --policy: the one-sided 5 % level for UEPO's diffusion sub-policies
+# (RESULTS 0l–0n, with x̂₀-prediction: AM-Q gains within its noise are not taken), Uni-O4's "any gain" for its
+# baseline (RESULTS 0i: the gate lost there)
+ACCEPT_Z_BY_POLICY = {"diffusion": 1.645, "gaussian-ensemble": 0.0}
 SECTIONS = ("data", "critics", "pretrain", "dynamics", "improve", "online")
 
 # Each preset lists the fields it changes from the defaults (the defaults are the paper protocol).
@@ -366,9 +372,9 @@ def validate(cfg: Config) -> None:
     if cfg.improve.validate_states < 0:
         raise ValueError(f"--improve.validate_states must be >= 0 (0: select on the gate's own start states), "
                          f"got {cfg.improve.validate_states}")
-    if not (math.isfinite(cfg.improve.accept_z) and cfg.improve.accept_z >= 0):
-        raise ValueError(f"--improve.accept_z must be a finite number >= 0 (0: accept any AM-Q gain), "
-                         f"got {cfg.improve.accept_z}")
+    if not (math.isfinite(cfg.improve.accept_z) and (cfg.improve.accept_z >= 0 or cfg.improve.accept_z == -1)):
+        raise ValueError(f"--improve.accept_z must be a finite number >= 0 (0: accept any AM-Q gain) or -1 (by "
+                         f"policy kind: {ACCEPT_Z_BY_POLICY}), got {cfg.improve.accept_z}")
     if not cfg.improve.ope_support_factor > 0:
         raise ValueError("--ope_support_factor must be > 0 (inf: rollouts never stop)")
     if cfg.pretrain.sampler not in ("ddim", "ddpm"):
@@ -398,6 +404,11 @@ def validate(cfg: Config) -> None:
         raise ValueError("--elites cannot exceed --ensemble")
     if not 1 <= cfg.pretrain.kl_chain_steps <= cfg.pretrain.diffusion_steps:
         raise ValueError("--kl_chain_steps must be in [1, diffusion_steps]")
+
+
+def accept_z_of(cfg: Config) -> float:
+    """BPPO's acceptance margin for this run: ``improve.accept_z``, or its policy kind's value where it is -1."""
+    return ACCEPT_Z_BY_POLICY[cfg.policy] if cfg.improve.accept_z == -1 else cfg.improve.accept_z
 
 
 def check_device(name: str) -> None:

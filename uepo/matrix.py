@@ -36,6 +36,8 @@ VARIANTS = {
     "alpha-1e-3": ["--pretrain.alpha", "1e-3"],
     "gaussian-alpha-1e-3": ["--policy", "gaussian-ensemble", "--pretrain.alpha", "1e-3"],  # the BC ensemble's KL too
     "no-divergence": ["--no-divergence"],
+    # the defaults before stop 34: ε-prediction and Uni-O4's any-gain acceptance (RESULTS 0n); phase A reused
+    "eps-no-gate": ["--pretrain.prediction", "eps", "--improve.accept_z", "0"],
     # phase C at bench's previous 100 updates per epoch (400 since RESULTS 0c), both policy kinds
     "dynamics-100": ["--dynamics.max_updates_per_epoch", "100"],
     "gaussian-dynamics-100": ["--policy", "gaussian-ensemble", "--dynamics.max_updates_per_epoch", "100"],

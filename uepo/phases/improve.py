@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from uepo import seeds
-from uepo.config import Config, ImproveConfig
+from uepo.config import Config, ImproveConfig, accept_z_of
 from uepo.data import OfflineData
 from uepo.phases import BatchSampler, PhaseContext, restore, sample_indices, snapshot
 from uepo.phases.critics import Critics
@@ -316,6 +316,7 @@ class BPPOTrainer(Trainer):
         self.opt = torch.optim.Adam(self.head.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: max(0.0, 1 - s / cfg.steps))
         self.clip, self.implausible = cfg.clip, 0
+        self.accept_z = accept_z_of(ctx.cfg)  # -1: the policy kind's margin
         self.last: AmQ | None = None
 
     def step(self, step: int) -> dict[str, Tensor]:
@@ -329,7 +330,7 @@ class BPPOTrainer(Trainer):
         i, best = self.index, self.best
         j = self.last = self.evaluate(i, self.head)
         gain_z = paired_z(j.row_values, best["rows"][i])  # nan when the accepted head's rows are unknown
-        better = j.value > best["amq"][i] and not gain_z < self.cfg.accept_z
+        better = j.value > best["amq"][i] and not gain_z < self.accept_z
         accepted = j.plausible and (not best["plausible"][i] or better)
         self.implausible += not j.plausible
         if accepted:
@@ -461,7 +462,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
         selection.update(ranking=ranking, gain_penalty=cfg.gain_penalty,
                          method="amq-gain-penalty" if selection["method"] == "amq" else selection["method"])
     selection.update(separation(ranking, ranking_rows, selection["selected"]))
-    selection.update(accept_z=cfg.accept_z, amq_plausible=best_ok, amq_raw_plausible=raw_ok, support={
+    selection.update(accept_z=accept_z_of(ctx.cfg), amq_plausible=best_ok, amq_raw_plausible=raw_ok, support={
         "disagreement": support.disagreement, "q_low": support.q_low, "q_high": support.q_high,
         "q_floor": support.q_floor})
     selected = selection["selected"]

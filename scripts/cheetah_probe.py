@@ -1,0 +1,85 @@
+"""Where does a raw sub-policy go on HalfCheetah? First-action error by episode step, and its own episodes.
+
+    MINARI_DATASETS_PATH=... python scripts/cheetah_probe.py RUN_DIR [RUN_DIR ...] [--steps 300]
+
+For a finished run's phase-B model: the squared error of every raw sub-policy's first action against the
+dataset's, by the step of the episode it is taken at (HalfCheetah's data decides its gait in an episode's first
+~50 steps), then each raw μ^i's own episode (reset seed 0): the root angle (qpos[2]; the data's gait runs
+flipped, near π), the forward speed and how much its action moves over time (a policy stuck at the start pose
+repeats one action). RESULTS 0n.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from uepo.cli import run_config
+from uepo.data import load_offline_data
+from uepo.phases import PhaseContext
+from uepo.phases.pretrain import pretrain
+from uepo.runs import Run
+
+STEP_BANDS = ((0, 10), (10, 50), (50, 200), (200, 1000))
+
+
+@torch.no_grad()
+def first_action_error_by_step(policy, data, batch: int = 4096) -> None:
+    idx = torch.arange(data.size)
+    base = torch.cat([policy.base_chunks_from_cond(policy.cond(data.histories(idx[s:s + batch], policy.history)))
+                      [:, :, 0] for s in range(0, data.size, batch)])
+    err = ((base - data.actions[:, None]) ** 2).sum(-1).mean(1)
+    step = idx - data.episode_start
+    for lo, hi in STEP_BANDS:
+        m = (step >= lo) & (step < hi)
+        print(f"  steps {lo}-{hi}: first-action squared error {err[m].mean():.3f} "
+              f"(the data's actions' squared norm {(data.actions[m] ** 2).sum(-1).mean():.3f})")
+
+
+@torch.no_grad()
+def own_episode(policy, env_id: str, i: int, steps: int) -> str:
+    env = gym.make(env_id)
+    obs, _ = env.reset(seed=0)
+    hist, angle, speed, actions = [obs] * policy.history, [], [], []
+    for _ in range(steps):
+        h = torch.as_tensor(np.stack(hist[-policy.history:]), dtype=torch.float32)[None]
+        a = policy.base_action(h, i)[0].clamp(-1, 1).numpy().astype(np.float64)
+        obs, *_ = env.step(a)
+        hist.append(obs)
+        angle.append(env.unwrapped.data.qpos[2])
+        speed.append(env.unwrapped.data.qvel[0])
+        actions.append(a)
+    env.close()
+    angle, actions = np.array(angle), np.array(actions)
+    marks = " ".join(f"{angle[min(t, steps) - 1]:+.2f}" for t in (10, 50, 100, steps))
+    return (f"  raw μ^{i}: root angle at steps 10/50/100/{steps}: {marks}; mean speed {np.mean(speed):+.2f}; "
+            f"action std over time {actions.std(0).mean():.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--steps", type=int, default=300, help="steps of each sub-policy's own episode")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for root in args.runs:
+        cfg = run_config(root)
+        data = load_offline_data(cfg.dataset)
+        run = Run(root, resume=True, tensorboard=False)
+        policy = pretrain(PhaseContext(run, cfg, data, torch.device("cpu"), progress=False)).policy
+        run.close()
+        print(f"{root} ({cfg.pretrain.prediction}-prediction)")
+        first_action_error_by_step(policy, data)
+        for i in range(policy.num_seeds):
+            print(own_episode(policy, data.env_spec, i, args.steps))
+        quantiles = np.quantile(data.obs[:, 1].numpy(), [0.01, 0.5, 0.99]).round(2)
+        print(f"  data: root angle (obs[1]) quantiles 1/50/99 %: {quantiles}; "
+              f"mean forward speed (obs[8]) {float(data.obs[:, 8].mean()):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+#!/bin/bash
+# Shared by the lane scripts of docs/results/*/ (sourced, not run). Needs PY (the python), M (ε and Gaussian
+# runs), X (x̂₀ + gate runs) and LANES_LOG. The ε runs name ε explicitly: x̂₀ + gate is the default since stop 34.
+one() {  # run_dir log flags...: one uepo.train, skipped when done, resumed when started
+  local RD=$1 LOG=$2; shift 2
+  [ -f $RD/summary.json ] && return
+  mkdir -p $(dirname $RD)
+  if [ -f $RD/config.yaml ]; then $PY -m uepo.train --run_dir $RD --resume > $LOG 2>&1
+  else $PY -m uepo.train --run_dir $RD "$@" > $LOG 2>&1; fi
+  echo "$RD rc=$? $(date)" >> $LANES_LOG
+}
+trio() {  # D S: ε -> x̂₀ + gate (critics and T̂0 reused from the ε run) -> Gaussian ensemble (phase A reused)
+  local D=$1 S=$2
+  local COMMON="--dataset $D --preset bench --seed $S --threads 1 --phases offline"
+  one $M/$D/main-s$S $M/$D/main-s$S.log $COMMON --pretrain.prediction eps --improve.accept_z 0
+  one $X/$D/main-s$S $X/$D/main-s$S.log $COMMON --pretrain.prediction x0 --improve.accept_z 1.645 \
+      --reuse_from $M/$D/main-s$S
+  one $M/$D/gaussian-ensemble-s$S $M/$D/gaussian-ensemble-s$S.log $COMMON --policy gaussian-ensemble \
+      --reuse_from $M/$D/main-s$S
+}

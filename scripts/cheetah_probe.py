@@ -21,6 +21,7 @@ import torch
 from uepo.cli import run_config
 from uepo.data import load_offline_data
 from uepo.phases import PhaseContext
+from uepo.phases.improve import cache_base_actions
 from uepo.phases.pretrain import pretrain
 from uepo.runs import Run
 
@@ -30,8 +31,7 @@ STEP_BANDS = ((0, 10), (10, 50), (50, 200), (200, 1000))
 @torch.no_grad()
 def first_action_error_by_step(policy, data, batch: int = 4096) -> None:
     idx = torch.arange(data.size)
-    base = torch.cat([policy.base_chunks_from_cond(policy.cond(data.histories(idx[s:s + batch], policy.history)))
-                      [:, :, 0] for s in range(0, data.size, batch)])
+    base = cache_base_actions(policy, data.cond(idx, policy.history), batch)  # (N, n, d_a)
     err = ((base - data.actions[:, None]) ** 2).sum(-1).mean(1)
     step = idx - data.episode_start
     for lo, hi in STEP_BANDS:

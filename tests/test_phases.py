@@ -211,6 +211,7 @@ def test_improved_heads_trained_and_std_warm_started(pipeline):
     assert not torch.allclose(log_std, log_std_init)  # the warm start moved the std
     frozen, trained = imp.policy.denoiser.state_dict(), pre.policy.denoiser.state_dict()  # phase D leaves it
     assert frozen.keys() == trained.keys() and all(torch.equal(frozen[k], trained[k]) for k in frozen)
+    assert imp.selection["accept_z"] == 1.645  # the default (-1) resolved for diffusion, as BPPO's gate used it
 
 
 def test_seq_kl_gradient_reaches_the_denoiser(pipeline):

@@ -300,7 +300,8 @@ class BPPOTrainer(Trainer):
     clip decays. ``best`` holds every sub-policy's accepted heads and Ĵ (shared, saved with each checkpoint)."""
 
     def __init__(self, ctx: PhaseContext, policy: MultiSeedPolicy, index: int, best: dict, critics: Critics,
-                 obs_n: Tensor, base: Tensor, evaluate: Callable[[int, nn.Module], AmQ], gen: torch.Generator):
+                 obs_n: Tensor, base: Tensor, evaluate: Callable[[int, nn.Module], AmQ], gen: torch.Generator,
+                 accept_z: float):
         cfg = ctx.cfg.improve
         self.cfg, self.index, self.best, self.critics, self.obs_n, self.base = cfg, index, best, critics, obs_n, base
         self.evaluate = evaluate
@@ -316,7 +317,7 @@ class BPPOTrainer(Trainer):
         self.opt = torch.optim.Adam(self.head.parameters(), lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: max(0.0, 1 - s / cfg.steps))
         self.clip, self.implausible = cfg.clip, 0
-        self.accept_z = accept_z_of(ctx.cfg)  # -1: the policy kind's margin
+        self.accept_z = accept_z  # the run's margin, accept_z_of(ctx.cfg): -1 resolved by policy kind
         self.last: AmQ | None = None
 
     def step(self, step: int) -> dict[str, Tensor]:
@@ -423,7 +424,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
 
     best = {"heads": [copy.deepcopy(h.state_dict()) for h in policy.heads], "amq": list(amq_raw),
             "plausible": list(raw_ok), "rows": list(raw_rows)}
-    world, first_seed = ctx.world, 0
+    world, first_seed, accept_z = ctx.world, 0, accept_z_of(ctx.cfg)
     progress = run.load_checkpoint(f"{PHASE}_progress" + (f"_rank{world.rank}" if world.parallel else ""))
     if progress is not None:  # sub-policies before the checkpoint's are done: their best is in it
         first_seed = progress["seed"]
@@ -435,7 +436,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
         if world.parallel:  # a sub-policy's own streams, whichever rank trains it
             seed_everything(seeds.improve_sub_policy_seed(ctx.cfg.seed, i))
             stream = torch.Generator().manual_seed(seeds.improve_sub_policy_seed(ctx.cfg.seed, i))
-        trainer = BPPOTrainer(ctx, policy, i, best, critics, obs_n, base_all[:, i], evaluate, stream)
+        trainer = BPPOTrainer(ctx, policy, i, best, critics, obs_n, base_all[:, i], evaluate, stream, accept_z)
         train(ctx, trainer)
         if trainer.implausible:
             warnings.append(warn(f"BPPO of sub-policy {i}: {trainer.implausible} AM-Q evaluations were "
@@ -462,7 +463,7 @@ def improve(ctx: PhaseContext, pretrained: MultiSeedPolicy, critics: Critics, dy
         selection.update(ranking=ranking, gain_penalty=cfg.gain_penalty,
                          method="amq-gain-penalty" if selection["method"] == "amq" else selection["method"])
     selection.update(separation(ranking, ranking_rows, selection["selected"]))
-    selection.update(accept_z=accept_z_of(ctx.cfg), amq_plausible=best_ok, amq_raw_plausible=raw_ok, support={
+    selection.update(accept_z=accept_z, amq_plausible=best_ok, amq_raw_plausible=raw_ok, support={
         "disagreement": support.disagreement, "q_low": support.q_low, "q_high": support.q_high,
         "q_floor": support.q_floor})
     selected = selection["selected"]

@@ -1,12 +1,14 @@
 """Where does a raw sub-policy go on HalfCheetah? First-action error by episode step, and its own episodes.
 
-    MINARI_DATASETS_PATH=... python scripts/cheetah_probe.py RUN_DIR [RUN_DIR ...] [--steps 300]
+    MINARI_DATASETS_PATH=... python scripts/cheetah_probe.py RUN_DIR [RUN_DIR ...] [--steps 300] [--model]
 
 For a finished run's phase-B model: the squared error of every raw sub-policy's first action against the
 dataset's, by the step of the episode it is taken at (HalfCheetah's data decides its gait in an episode's first
 ~50 steps), then each raw μ^i's own episode (reset seed 0): the root angle (qpos[2]; the data's gait runs
 flipped, near π), the forward speed and how much its action moves over time (a policy stuck at the start pose
-repeats one action). RESULTS 0n.
+repeats one action). RESULTS 0n. ``--model`` also rolls each raw μ^i in the run's T̂ (phase C) from the same reset
+state, as AM-Q would from a start state: where T̂ has a policy that stands still flip and run, AM-Q cannot tell it
+from one that runs (RESULTS 0o).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from uepo.cli import run_config
 from uepo.data import load_offline_data
 from uepo.phases import PhaseContext
+from uepo.phases.dynamics import train_dynamics
 from uepo.phases.improve import cache_base_actions
 from uepo.phases.pretrain import pretrain
 from uepo.runs import Run
@@ -60,22 +63,46 @@ def own_episode(policy, env_id: str, i: int, steps: int) -> str:
             f"action std over time {actions.std(0).mean():.3f}")
 
 
+@torch.no_grad()
+def model_episode(policy, dynamics, env_id: str, i: int, steps: int, rows: int = 16) -> str:
+    """Raw μ^i rolled in T̂ from own_episode's reset state: ``rows`` draws of the model's noise, their mean."""
+    env = gym.make(env_id)
+    obs0, _ = env.reset(seed=0)
+    env.close()
+    gen = torch.Generator().manual_seed(0)
+    hist = torch.as_tensor(obs0, dtype=torch.float32).expand(rows, policy.history, -1).clone()
+    angle, speed = [], []
+    for _ in range(steps):
+        action = policy.base_action(hist, i).clamp(-1, 1)
+        nxt, *_ = dynamics.step_with_disagreement(hist[:, -1], action, gen)
+        hist = torch.cat([hist[:, 1:], nxt[:, None]], dim=1)
+        angle.append(float(nxt[:, 1].mean()))  # obs[1] = qpos[2], the root angle
+        speed.append(float(nxt[:, 8].mean()))  # obs[8] = qvel[0], the forward speed
+    marks = " ".join(f"{angle[min(t, steps) - 1]:+.2f}" for t in (10, 50, 100, steps))
+    return f"  raw μ^{i} in T̂: root angle at steps 10/50/100/{steps}: {marks}; mean speed {np.mean(speed):+.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--steps", type=int, default=300, help="steps of each sub-policy's own episode")
+    parser.add_argument("--model", action="store_true", help="also roll each raw μ^i in the run's T̂")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for root in args.runs:
         cfg = run_config(root)
         data = load_offline_data(cfg.dataset)
         run = Run(root, resume=True, tensorboard=False)
-        policy = pretrain(PhaseContext(run, cfg, data, torch.device("cpu"), progress=False)).policy
+        ctx = PhaseContext(run, cfg, data, torch.device("cpu"), progress=False)
+        policy = pretrain(ctx).policy
+        dynamics = train_dynamics(ctx, policy) if args.model else None  # loads the run's phase-C checkpoint
         run.close()
         print(f"{root} ({cfg.pretrain.prediction}-prediction)")
         first_action_error_by_step(policy, data)
         for i in range(policy.num_seeds):
             print(own_episode(policy, data.env_spec, i, args.steps))
+            if dynamics is not None:
+                print(model_episode(policy, dynamics, data.env_spec, i, args.steps))
         quantiles = np.quantile(data.obs[:, 1].numpy(), [0.01, 0.5, 0.99]).round(2)
         print(f"  data: root angle (obs[1]) quantiles 1/50/99 %: {quantiles}; "
               f"mean forward speed (obs[8]) {float(data.obs[:, 8].mean()):.2f}")

@@ -1,6 +1,7 @@
 """Where does a raw sub-policy go on HalfCheetah? First-action error by episode step, and its own episodes.
 
     MINARI_DATASETS_PATH=... python scripts/cheetah_probe.py RUN_DIR [RUN_DIR ...] [--steps 300] [--model]
+        [--candidates M [--temperature t ...]]
 
 For a finished run's phase-B model: the squared error of every raw sub-policy's first action against the
 dataset's, by the step of the episode it is taken at (HalfCheetah's data decides its gait in an episode's first
@@ -8,7 +9,9 @@ dataset's, by the step of the episode it is taken at (HalfCheetah's data decides
 flipped, near π), the forward speed and how much its action moves over time (a policy stuck at the start pose
 repeats one action). RESULTS 0n. ``--model`` also rolls each raw μ^i in the run's T̂ (phase C) from the same reset
 state, as AM-Q would from a start state: where T̂ has a policy that stands still flip and run, AM-Q cannot tell it
-from one that runs (RESULTS 0o).
+from one that runs (RESULTS 0o). ``--candidates M`` counts how many of M initial noises of the same model (at
+the run's seed temperature, or each ``--temperature``) start the gait from the reset state: whether the model
+holds the start at all, or a fixed draw decides it.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ def first_action_error_by_step(policy, data, batch: int = 4096) -> None:
 
 
 @torch.no_grad()
-def own_episode(policy, env_id: str, i: int, steps: int) -> str:
+def rollout(policy, env_id: str, i: int, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw μ^i's own episode from reset seed 0: root angle, forward speed and action at every step."""
     env = gym.make(env_id)
     obs, _ = env.reset(seed=0)
     hist, angle, speed, actions = [obs] * policy.history, [], [], []
@@ -57,10 +61,30 @@ def own_episode(policy, env_id: str, i: int, steps: int) -> str:
         speed.append(env.unwrapped.data.qvel[0])
         actions.append(a)
     env.close()
-    angle, actions = np.array(angle), np.array(actions)
+    return np.array(angle), np.array(speed), np.array(actions)
+
+
+def own_episode(policy, env_id: str, i: int, steps: int) -> str:
+    angle, speed, actions = rollout(policy, env_id, i, steps)
     marks = " ".join(f"{angle[min(t, steps) - 1]:+.2f}" for t in (10, 50, 100, steps))
     return (f"  raw μ^{i}: root angle at steps 10/50/100/{steps}: {marks}; mean speed {np.mean(speed):+.2f}; "
             f"action std over time {actions.std(0).mean():.3f}")
+
+
+def gait_starts(policy, env_id: str, candidates: int, temperature: float | None, steps: int = 100) -> str:
+    """Of ``candidates`` initial noises of the same model (drawn as seed screening draws them), how many start
+    the data's gait: root angle beyond 1.5 rad at step ``steps``. The policy's own noises are restored after."""
+    n, own_offsets, own_temperature = policy.num_seeds, policy.config.get("seed_offsets"), policy.seed_temperature
+    policy.seed_temperature = own_temperature if temperature is None else temperature
+    flipped = drawn = 0
+    for start in range(0, candidates, n):
+        policy.set_seed_offsets(list(range(start, start + n)))
+        flipped += sum(abs(rollout(policy, env_id, i, steps)[0][-1]) > 1.5 for i in range(n))
+        drawn += n
+    t = policy.seed_temperature
+    policy.seed_temperature = own_temperature
+    policy.set_seed_offsets(own_offsets if own_offsets is not None else list(range(n)))
+    return f"  {flipped} of {drawn} noise draws at temperature {t} start the gait (|root angle| > 1.5 at step {steps})"
 
 
 @torch.no_grad()
@@ -87,6 +111,10 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--steps", type=int, default=300, help="steps of each sub-policy's own episode")
     parser.add_argument("--model", action="store_true", help="also roll each raw μ^i in the run's T̂")
+    parser.add_argument("--candidates", type=int, default=0, help="count how many of this many noise draws of "
+                        "the model start the data's gait")
+    parser.add_argument("--temperature", type=float, nargs="+", default=[], help="--candidates: at these seed "
+                        "temperatures (default: the run's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for root in args.runs:
@@ -103,6 +131,8 @@ def main() -> None:
             print(own_episode(policy, data.env_spec, i, args.steps))
             if dynamics is not None:
                 print(model_episode(policy, dynamics, data.env_spec, i, args.steps))
+        for temperature in (args.temperature or [None]) if args.candidates else []:
+            print(gait_starts(policy, data.env_spec, args.candidates, temperature))
         quantiles = np.quantile(data.obs[:, 1].numpy(), [0.01, 0.5, 0.99]).round(2)
         print(f"  data: root angle (obs[1]) quantiles 1/50/99 %: {quantiles}; "
               f"mean forward speed (obs[8]) {float(data.obs[:, 8].mean()):.2f}")

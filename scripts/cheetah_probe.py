@@ -125,7 +125,8 @@ def main() -> None:
         policy = pretrain(ctx).policy
         dynamics = train_dynamics(ctx, policy) if args.model else None  # loads the run's phase-C checkpoint
         run.close()
-        print(f"{root} ({cfg.pretrain.prediction}-prediction)")
+        kind = f"{cfg.pretrain.prediction}-prediction" if cfg.policy == "diffusion" else cfg.policy
+        print(f"{root} ({kind})")
         first_action_error_by_step(policy, data)
         for i in range(policy.num_seeds):
             print(own_episode(policy, data.env_spec, i, args.steps))

@@ -63,8 +63,10 @@ def test_smoke_end_to_end_with_the_online_phase_and_a_video(adroit_datasets, tas
     assert train_main(flags) == 0, capsys.readouterr().err
     s = json.loads((run_dir / "summary.json").read_text())
     assert len(s["phases_run"]) == 6 and s["online"]["env_steps"] > 0 and s["online"]["lr_actor"] == 5e-6
-    # a smoke-trained policy may act at a random policy's level (evaluate.score_warnings); nothing else is flagged
-    assert s["scores"]["selected"] is not None and all("random policy's level" in w for w in s["warnings"])
+    # a smoke-trained policy may act at a random policy's level or below half the data's score
+    # (evaluate.score_warnings); nothing else is flagged
+    assert s["scores"]["selected"] is not None
+    assert all("random policy's level" in w or "not learned the data's" in w for w in s["warnings"])
     model = torch.load(run_dir / "checkpoints" / "dynamics.pt", weights_only=False)["model"]
     assert model["layers.0.weight"].shape[-1] == 400
     rows = [r.strip().split(",") for r in open(run_dir / "metrics.csv")]

@@ -149,6 +149,21 @@ def test_scores_at_a_random_policys_level_are_reported(selected, raw, method, ex
     assert ("amq-topk-online" in text) == (method == "amq" and selected is not None and selected < RANDOM_LEVEL)
 
 
+@pytest.mark.parametrize(("selected", "data", "warned"), [
+    (2.9, 8.2, True),  # HalfCheetah medium-replay s1 (RESULTS 0o): stands still, above the random level
+    (4.2, 8.2, False),  # at half the data's score: weak, not broken
+    (15.0, 35.6, True),
+    (3.0, 3.5, False),  # data near the random level: half of it says nothing
+    (1.0, 8.2, False),  # already reported as a random policy's level, once
+])
+def test_a_selected_policy_below_half_the_datas_score_is_reported(selected, data, warned):
+    scores = {"selected": selected, "raw": [selected, 20.0], "selected_index": 0, "amq_selected_candidates": [50.0],
+              "dataset_episodes": data, "selection_method": "amq"}
+    text = " | ".join(score_warnings(scores))
+    assert ("has not learned the data's behaviour" in text) == warned
+    assert (f"({data:.1f})" in text and f"scores {selected:.1f}" in text) == warned
+
+
 def test_select_sub_policy_takes_the_best_plausible():
     out = select_sub_policy([5.0, 9.0, 7.0], [True, False, True], [0.1, 0.2, 0.3])
     assert out["selected"] == 2 and out["method"] == "amq" and out["warnings"] == []

@@ -143,12 +143,15 @@ def evaluation_episode_scores(evaluation: dict) -> list[list[float]] | None:
 
 
 RANDOM_LEVEL = 2.0  # normalised scores below this are a random policy's (0 by definition; its episodes spread ~±1)
+LEARNED_SHARE = 0.5  # a selected policy below this share of the data's own score has not learned its behaviour
 
 
 def score_warnings(scores: dict) -> list[str]:
     """The offline result's scores that cannot be a learned policy's: the selected one, or every raw μ^i,
     at a random policy's level (a normalised score below ``RANDOM_LEVEL``: it falls or stands still
-    from the start). Such a policy is not to be used or fine-tuned as if it had learned, so the run says so."""
+    from the start), or the selected one below ``LEARNED_SHARE`` of the data's own score (a HalfCheetah that
+    stands still scores 2.2–2.9, above the random level: RESULTS 0o). Such a policy is not to be used or
+    fine-tuned as if it had learned, so the run says so."""
     out = []
     selected, raw = scores.get("selected"), scores.get("raw") or []
     data = scores.get("dataset_episodes")
@@ -161,6 +164,12 @@ def score_warnings(scores: dict) -> list[str]:
                    "this policy as learned: look at the warnings above and the table's other candidates, or try "
                    "another --seed" + ("" if scores.get("selection_method") == "amq-topk-online" else
                                        " or a selection with real episodes (--selection amq-topk-online)") + ".")
+    elif selected is not None and data is not None and data >= 2 * RANDOM_LEVEL and selected < LEARNED_SHARE * data:
+        out.append(f"the selected sub-policy {scores['selected_index']} scores {selected:.1f} in the real env, below "
+                   f"{LEARNED_SHARE:g} × the dataset's own episodes ({data:.1f}): it has not learned the data's "
+                   "behaviour (on a robot that never terminates a policy that stands still scores above the random "
+                   "level: 2.2–2.9 on HalfCheetah). Do not use this policy as learned; look at the table's other "
+                   "candidates and docs/RESULTS.md 0o, or try another --seed.")
     if raw and all(x is not None and x < RANDOM_LEVEL for x in raw):
         out.append(f"every raw sub-policy scores at a random policy's level ({[round(x, 1) for x in raw]}, "
                    f"below {RANDOM_LEVEL:g}{data_text}): phase B's sub-policies do not imitate the data. Check "

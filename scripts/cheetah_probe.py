@@ -64,10 +64,15 @@ def rollout(policy, env_id: str, i: int, steps: int) -> tuple[np.ndarray, np.nda
     return np.array(angle), np.array(speed), np.array(actions)
 
 
+def angle_marks(angle, steps: int) -> str:
+    """The root angle at steps 10, 50, 100 and the last, as own_episode and model_episode print it."""
+    return " ".join(f"{angle[min(t, steps) - 1]:+.2f}" for t in (10, 50, 100, steps))
+
+
 def own_episode(policy, env_id: str, i: int, steps: int) -> str:
     angle, speed, actions = rollout(policy, env_id, i, steps)
-    marks = " ".join(f"{angle[min(t, steps) - 1]:+.2f}" for t in (10, 50, 100, steps))
-    return (f"  raw μ^{i}: root angle at steps 10/50/100/{steps}: {marks}; mean speed {np.mean(speed):+.2f}; "
+    return (f"  raw μ^{i}: root angle at steps 10/50/100/{steps}: {angle_marks(angle, steps)}; "
+            f"mean speed {np.mean(speed):+.2f}; "
             f"action std over time {actions.std(0).mean():.3f}")
 
 
@@ -102,8 +107,8 @@ def model_episode(policy, dynamics, env_id: str, i: int, steps: int, rows: int =
         hist = torch.cat([hist[:, 1:], nxt[:, None]], dim=1)
         angle.append(float(nxt[:, 1].mean()))  # obs[1] = qpos[2], the root angle
         speed.append(float(nxt[:, 8].mean()))  # obs[8] = qvel[0], the forward speed
-    marks = " ".join(f"{angle[min(t, steps) - 1]:+.2f}" for t in (10, 50, 100, steps))
-    return f"  raw μ^{i} in T̂: root angle at steps 10/50/100/{steps}: {marks}; mean speed {np.mean(speed):+.2f}"
+    return (f"  raw μ^{i} in T̂: root angle at steps 10/50/100/{steps}: {angle_marks(angle, steps)}; "
+            f"mean speed {np.mean(speed):+.2f}")
 
 
 def main() -> None:

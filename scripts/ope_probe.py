@@ -215,9 +215,9 @@ def probe(root: Path, state_counts: list[int], rules: list[str], draws: list[int
     out = {"run": str(root), "real": real, "rules": {}}
     print(f"\n{root}: real raw {[round(x, 1) for x in scores['raw']]} improved "
           f"{[round(x, 1) for x in scores['improved']]}", flush=True)
+    # start_steps 0: uniform over the data (BatchSampler at fraction 0 draws exactly as sample_indices)
+    sampler = BatchSampler(data, 1.0 if start_steps else 0.0, max(start_steps, 1))
     for states, draw, name in ((s, d, r) for s in state_counts for d in draws for r in rules):
-        # start_steps 0: uniform over the data (BatchSampler at fraction 0 draws exactly as sample_indices)
-        sampler = BatchSampler(data, 1.0 if start_steps else 0.0, max(start_steps, 1))
         idx = sampler(states, torch.Generator().manual_seed(cfg.seed * 1000 + 4242 + draw))
         starts = data.histories(idx, fin.policy.history)
         values = [estimate(name, a, starts) for a in acts]

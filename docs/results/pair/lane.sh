@@ -1,0 +1,26 @@
+#!/bin/bash
+# RESULTS 0p's lanes. usage: lane.sh "KIND D S" ...  (run from /work/exp, a worktree of the registration commit)
+# KIND  pair:  the default + --pretrain.start_fraction 0.25 --pretrain.first_action_weight 8, phase A and T̂0
+#              reused from the seed's default run (the same computation)
+#       base:  the default (HalfCheetah seed 2: no default run exists there)
+#       gauss: the Gaussian ensemble (its phase A reused from the base run), for issue 8's targets on that seed
+# The Hopper/Walker2d default runs are 0l's x̂₀ + gate runs (runs/xg), their Gaussian runs 0l's matrix-fresh.
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive PYTHONUNBUFFERED=1
+cd /work/exp
+PY=/work/main/.venv/bin/python; R=/work/main/runs; LANES_LOG=$R/pair/lanes.log
+source /work/main/docs/results/lanes.sh
+for job in "$@"; do
+  set -- $job; KIND=$1 D=$2 S=$3
+  case $D in
+    local/halfcheetah/*) export MINARI_DATASETS_PATH=/work/datasets-extra; B=$R/cheetah-xg/$D/main-s$S ;;
+    *) export MINARI_DATASETS_PATH=/work/shared/datasets; B=$R/xg/$D/main-s$S ;;
+  esac
+  COMMON="--dataset $D --preset bench --seed $S --threads 1 --phases offline"
+  case $KIND in
+    base) one $B $B.log $COMMON ;;
+    gauss) one $R/cheetah/$D/gaussian-ensemble-s$S $R/cheetah/$D/gaussian-ensemble-s$S.log $COMMON \
+               --policy gaussian-ensemble --reuse_from $B ;;
+    pair) one $R/pair/$D/main-s$S $R/pair/$D/main-s$S.log $COMMON --pretrain.start_fraction 0.25 \
+              --pretrain.first_action_weight 8 --reuse_from $B ;;
+  esac
+done

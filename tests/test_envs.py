@@ -111,6 +111,21 @@ def test_missing_env_package_names_the_pip_package(monkeypatch):
         envs.make_env("AdroitHandPen-v1")
 
 
+def test_mujoco_warnings_are_shown_once_each(capfd):
+    """MuJoCo printed the same compiler warning for every env made: 80 lines in one HalfCheetah run's log."""
+    mujoco = pytest.importorskip("mujoco")
+    for _ in range(2):
+        envs.make_env("HalfCheetah-v5").close()
+    handler = mujoco.get_mju_user_warning()
+    assert handler is not None
+    for _ in range(3):
+        handler("uepo test warning A")
+    handler("uepo test warning B")
+    err = capfd.readouterr().err
+    assert err.count("uepo test warning A") == 1 and err.count("uepo test warning B") == 1
+    assert err.count("settotalmass") <= 1
+
+
 def test_run_episodes_depends_only_on_seed_not_on_parallelism():
     def act(obs):
         return np.tanh(obs[:, -1, :3])  # a deterministic state feedback

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,31 @@ def package_for(env: str | EnvSpec) -> str | None:
     return None
 
 
+_mujoco_warnings_shown: set[str] = set()
+
+
+def _print_mujoco_warning_once(message: str) -> None:
+    if message not in _mujoco_warnings_shown:
+        _mujoco_warnings_shown.add(message)
+        print(f"MuJoCo WARNING: {message} (shown once per process)", file=sys.stderr, flush=True)
+
+
+def show_mujoco_warnings_once() -> None:
+    """MuJoCo prints its warnings each time: every model compile of HalfCheetah-v5's XML printed the same
+    'settotalmass is deprecated' line, 80 times in one run's log. Each distinct text is shown once per
+    process instead. A handler the user installed is left in place."""
+    if "mujoco" not in sys.modules and importlib.util.find_spec("mujoco") is None:
+        return
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_print_mujoco_warning_once)
+
+
 def make_raw_env(env: str | EnvSpec, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
     """gym.make(env), saying which package to install if the env's package is missing."""
     package = package_for(env)
+    show_mujoco_warnings_once()
     module = _REGISTERING_MODULES.get(package or "")
     if module is not None and importlib.util.find_spec(module) is not None:
         __import__(module)  # registers its envs with gymnasium

@@ -9,18 +9,4 @@ export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive PYTHONUNBUFFERED=1
 cd /work/exp
 PY=/work/main/.venv/bin/python; R=/work/main/runs; LANES_LOG=$R/pair/lanes.log
 source /work/main/docs/results/lanes.sh
-for job in "$@"; do
-  set -- $job; KIND=$1 D=$2 S=$3
-  case $D in
-    local/halfcheetah/*) export MINARI_DATASETS_PATH=/work/datasets-extra; B=$R/cheetah-xg/$D/main-s$S ;;
-    *) export MINARI_DATASETS_PATH=/work/shared/datasets; B=$R/xg/$D/main-s$S ;;
-  esac
-  COMMON="--dataset $D --preset bench --seed $S --threads 1 --phases offline"
-  case $KIND in
-    base) one $B $B.log $COMMON ;;
-    gauss) one $R/cheetah/$D/gaussian-ensemble-s$S $R/cheetah/$D/gaussian-ensemble-s$S.log $COMMON \
-               --policy gaussian-ensemble --reuse_from $B ;;
-    pair) one $R/pair/$D/main-s$S $R/pair/$D/main-s$S.log $COMMON --pretrain.start_fraction 0.25 \
-              --pretrain.first_action_weight 8 --reuse_from $B ;;
-  esac
-done
+against_default pair pair "--pretrain.start_fraction 0.25 --pretrain.first_action_weight 8" "$@"

@@ -10,5 +10,6 @@ report() {  # NAME DATASETS_PATH DATASET SEEDS...
       --json $O/matrix-$NAME-$(basename $(dirname $D)).json --collect $O/per-run-$NAME > $O/report-$NAME-$(basename $(dirname $D)).md
 }
 report faw8 /work/shared/datasets local/walker2d/medium-replay-v0 3 4
-report mild /work/shared/datasets local/walker2d/medium-replay-v0 3 4
+report mild /work/shared/datasets local/walker2d/medium-replay-v0 0 1 2 3 4
+report mild /work/shared/datasets local/hopper/medium-replay-v0 3
 report mild /work/datasets-extra local/halfcheetah/medium-replay-v0 1 2

@@ -376,6 +376,50 @@ def test_first_action_weight_and_start_oversampling(tiny_hopper):
     assert (step_in_episode[:32] < 3).all() and (step_in_episode < 3).float().mean() >= 0.5
 
 
+def test_start_floor_tops_up_only_where_starts_are_rare(tiny_hopper):
+    data = load_offline_data(tiny_hopper)
+    natural = BatchSampler(data, start_steps=3).natural_share
+    assert BatchSampler(data, start_steps=3, start_floor=natural / 2).extra_rows(64) == 0  # the data holds more
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(BatchSampler(data, start_steps=3, start_floor=natural / 2)(64, g1),
+                       torch.randint(0, data.size, (64,), generator=g2))
+    floor = min(0.9, natural + 0.3)
+    sampler = BatchSampler(data, start_steps=3, start_floor=floor)
+    k = sampler.extra_rows(4096)
+    assert k / 4096 + (1 - k / 4096) * natural == pytest.approx(floor, abs=1e-3)
+    idx = sampler(4096, torch.Generator().manual_seed(2))
+    at_start = (idx - data.episode_start[idx]) < 3
+    assert at_start[:k].all() and at_start.float().mean() == pytest.approx(floor, abs=0.03)
+    # start_fraction keeps its meaning: that share whatever the data holds, the larger of the two wins
+    assert BatchSampler(data, start_fraction=0.5, start_steps=3, start_floor=floor).extra_rows(64) == max(32, round(
+        64 * (floor - natural) / (1 - natural)))
+
+
+def test_executed_action_weight_per_row():
+    target, prediction = torch.zeros(2, 4, 3), torch.zeros(2, 4, 3)
+    prediction[:, 0] = 1.0  # error on the executed action only
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    # row 0 weighs its executed action 5, row 1 weighs it 1: (5·3 + 1·3) / ((8 + 4)·3)
+    assert masked_mse(target, prediction, mask, torch.tensor([5.0, 1.0])) == pytest.approx(0.5)
+    assert masked_mse(target, prediction, mask, torch.tensor([2.0, 2.0])) == masked_mse(target, prediction, mask, 2.0)
+
+
+def test_phase_b_weighs_the_executed_action_of_the_start_rows_only(tiny_hopper):
+    from types import SimpleNamespace
+
+    from uepo.config import PretrainConfig
+    from uepo.distributed import World
+    from uepo.phases.pretrain import PretrainTrainer
+
+    sampler = BatchSampler(load_offline_data(tiny_hopper), start_steps=3, start_floor=0.9)
+    trainer = SimpleNamespace(p=PretrainConfig(first_action_weight=2.0, start_action_weight=4.0), device="cpu",
+                              sample_batch=sampler, world=World())
+    w, k = PretrainTrainer._executed_action_weight(trainer, 64), sampler.extra_rows(64)
+    assert 0 < k < 64 and (w[:k] == 8.0).all() and (w[k:] == 2.0).all()
+    trainer.p.start_action_weight = 1.0  # every row alike: the plain number, as before the option existed
+    assert PretrainTrainer._executed_action_weight(trainer, 64) == 2.0
+
+
 def test_seed_temperature_scales_the_initial_noise_only():
     from uepo.diffusion import SeedBank
 

@@ -123,7 +123,8 @@ def test_clear_errors_and_help(minari_root, tmp_path, capsys):
     assert main(["--preset", "huge"]) == 2
     assert "unknown preset" in capsys.readouterr().err
     for bad, says in ((["--selection", "oracle"], "--selection"), (["--seed_temperature", "-1"], "--seed_temperature"),
-                      (["--start_fraction", "2"], "--start_fraction"), (["--ope_support_factor", "0"],
+                      (["--start_fraction", "2"], "--start_fraction"), (["--start_floor", "-0.1"], "--start_floor"),
+                      (["--start_action_weight", "0"], "--start_action_weight"), (["--ope_support_factor", "0"],
                                                                          "--ope_support_factor"),
                       (["--device", "cuda"], "--device 'cuda'"), (["--device", "gpu0"], "not a torch device")):
         assert main(["--preset", "smoke", *bad]) == 2

@@ -63,7 +63,11 @@ class PretrainConfig:
                                 "and keep the n whose unperturbed first actions are nearest the data's; 0: the first n")
     first_action_weight: float = f(1.0, "loss weight of the chunk's first (executed) action vs. each later step")
     start_fraction: float = f(0.0, "share of each batch drawn from the first start_steps steps of episodes")
-    start_steps: int = f(25, "an episode's first steps that start_fraction oversamples")
+    start_steps: int = f(25, "an episode's first steps that start_fraction and start_floor oversample")
+    start_floor: float = f(0.0, "least share of each batch from episodes' first start_steps steps: rows are "
+                                "drawn from them only where the data holds fewer (long episodes)")
+    start_action_weight: float = f(1.0, "loss weight of the executed action on the rows drawn from "
+                                        "episodes' starts (start_floor, start_fraction), times first_action_weight")
     base_seed: int = f(-1, "seed of sub-policy 0's noise generator; -1: 1000 * run seed")
     prediction: str = f("x0", "denoiser output and loss: x0 (the clean chunk; the default since RESULTS 0n: ε's "
                               "sub-policies stood still on HalfCheetah, x̂₀'s ran at the data's level), eps "
@@ -396,6 +400,10 @@ def validate(cfg: Config) -> None:
         raise ValueError("--first_action_weight must be > 0")
     if not 0 <= cfg.pretrain.start_fraction <= 1:
         raise ValueError("--start_fraction must be in [0, 1]")
+    if not 0 <= cfg.pretrain.start_floor <= 1:
+        raise ValueError("--start_floor must be in [0, 1]: the least share of a batch from episodes' starts")
+    if cfg.pretrain.start_action_weight <= 0:
+        raise ValueError("--start_action_weight must be > 0")
     if cfg.pretrain.start_steps < 1:
         raise ValueError("--start_steps must be >= 1")
     if cfg.pretrain.num_seeds < 1:

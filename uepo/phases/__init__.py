@@ -55,18 +55,29 @@ def sample_indices(size: int, batch: int, generator: torch.Generator) -> torch.T
 
 
 class BatchSampler:
-    """Uniform dataset indices, with a share ``start_fraction`` of each batch drawn from the first
-    ``start_steps`` steps of episodes: those states are rare (one episode in a few hundred steps) and
-    decide where the rest of an episode goes. ``start_fraction = 0`` is exactly ``sample_indices``."""
+    """Uniform dataset indices, with some rows drawn from the first ``start_steps`` steps of episodes:
+    those states are rare (one episode in a few hundred steps) and decide where the rest of an episode
+    goes. ``start_fraction`` draws that share of each batch from them whatever the data holds;
+    ``start_floor`` tops a batch up only where the data holds fewer, so that they make at least that share
+    (datasets of many short episodes are left as they are). The drawn rows come first: ``extra_rows(batch)``
+    of them. Both 0 is exactly ``sample_indices``."""
 
-    def __init__(self, data: OfflineData, start_fraction: float = 0.0, start_steps: int = 25):
-        self.size, self.start_fraction = data.size, start_fraction
+    def __init__(self, data: OfflineData, start_fraction: float = 0.0, start_steps: int = 25,
+                 start_floor: float = 0.0):
+        self.size, self.start_fraction, self.start_floor = data.size, start_fraction, start_floor
         step_in_episode = torch.arange(data.size) - data.episode_start
         self.start_pool = torch.nonzero(step_in_episode < start_steps).squeeze(1)
+        self.natural_share = self.start_pool.shape[0] / data.size
+
+    def extra_rows(self, batch: int) -> int:
+        """How many of a batch's first rows are drawn from the start pool: the uniform rest holds the
+        natural share ν, so k rows make the start share k/B + (1 − k/B) ν = start_floor."""
+        k_floor = batch * (self.start_floor - self.natural_share) / max(1.0 - self.natural_share, 1e-12)
+        return max(round(self.start_fraction * batch), round(k_floor), 0)
 
     def __call__(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         idx = sample_indices(self.size, batch, generator)
-        k = round(self.start_fraction * batch)
+        k = self.extra_rows(batch)
         if k > 0:
             pick = torch.randint(0, self.start_pool.shape[0], (k,), generator=generator)
             idx[:k] = self.start_pool[pick]

@@ -80,11 +80,13 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def masked_mse(target: Tensor, prediction: Tensor, mask: Tensor, first_action_weight: float = 1.0) -> Tensor:
+def masked_mse(target: Tensor, prediction: Tensor, mask: Tensor,
+               first_action_weight: float | Tensor = 1.0) -> Tensor:
     """Weighted mean of ‖target − prediction‖² (ε, x_0 or v) over the valid chunk steps (B, H, d_a);
-    step 0, the action that is executed, weighs ``first_action_weight`` times each later step."""
+    step 0, the action that is executed, weighs ``first_action_weight`` (a number, or one per row: (B,))
+    times each later step."""
     m = mask.to(target.dtype)
-    if first_action_weight != 1.0:
+    if isinstance(first_action_weight, Tensor) or first_action_weight != 1.0:
         m = m.clone()
         m[:, 0] *= first_action_weight
     m = m[..., None]
@@ -143,7 +145,7 @@ class PretrainTrainer(Trainer):
         self.chain = self.schedule.ddim(p.kl_chain_steps)
         self.chain_seeds = SeedBank.draw(p.num_seeds, p.kl_chain_steps, cfg.data.horizon, data.action_dim,
                                          base_seed_for(cfg), temperature=p.seed_temperature, device=ctx.device)
-        self.sample_batch = BatchSampler(data, p.start_fraction, p.start_steps)
+        self.sample_batch = BatchSampler(data, p.start_fraction, p.start_steps, p.start_floor)
         self.use_kl = p.seq_kl and p.alpha > 0 and p.num_seeds > 1
         self.row: dict[str, float] = {}
 
@@ -171,9 +173,19 @@ class PretrainTrainer(Trainer):
         chunk, mask = self.data.chunks(idx, H)
         x_k, cond = self.schedule.add_noise(chunk, eps, k), self.data.cond(idx, self.cfg.data.history)
         prediction, target = training_pair(self.net, x_k, k, cond, chunk, eps)  # (ε̂, ε), (x̂_0, x_0) or (v̂, v)
-        loss = masked_mse(target, prediction, mask, self.p.first_action_weight)
+        loss = masked_mse(target, prediction, mask, self._executed_action_weight(batch.shape[0]))
         self.row = {f"{self.p.prediction}_loss": loss.item()}
         return loss, None
+
+    def _executed_action_weight(self, batch: int) -> float | Tensor:
+        """first_action_weight, times start_action_weight on the batch's first rows (those drawn from
+        episodes' starts): one number where every row weighs alike, else this rank's rows' (B,)."""
+        p, k = self.p, self.sample_batch.extra_rows(batch)
+        if p.start_action_weight == 1.0 or k == 0:
+            return p.first_action_weight
+        w = torch.full((batch,), p.first_action_weight, device=self.device)
+        w[:k] *= p.start_action_weight
+        return self.world.shard(w)
 
     def _bc_loss(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Uni-O4: the Gaussian NLL of a_t under every member."""

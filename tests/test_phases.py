@@ -20,7 +20,7 @@ from uepo.config import ImproveConfig, apply_overrides, preset, validate
 from uepo.data import load_offline_data
 from uepo.diffusion import SeedBank
 from uepo.nets import ResidualGaussianHead
-from uepo.phases import PhaseContext, sample_indices
+from uepo.phases import BatchSampler, PhaseContext, sample_indices
 from uepo.phases.critics import train_critics
 from uepo.phases.dynamics import augmentation_warnings, ensemble_disagreement, termination_fn, train_dynamics
 from uepo.phases.improve import Support, am_q, head_act_fn, improve, raw_act_fn
@@ -561,6 +561,14 @@ def test_seed_screening_keeps_the_candidates_nearest_the_data(pipeline):
     assert torch.equal(policy.seed_noise, bank.noise[screen["kept"]])
     assert torch.equal(MultiSeedPolicy.from_state(policy.state()).seed_perturb, bank.perturb[screen["kept"]])
     assert result["tau"] > 0 and result["sub_policy_divergence"] > 0
+
+
+def test_phase_b_reports_how_rare_starts_are(pipeline):
+    """summary.json's pretrain block says what share of the data an episode's first steps are, and how many
+    rows per batch the start options drew (none at the default)."""
+    data, metrics = pipeline["data"], pipeline["pre"].metrics
+    assert metrics["start_natural_share"] == BatchSampler(data).natural_share > 0
+    assert metrics["start_rows_per_batch"] == 0.0
 
 
 def test_a_screened_phase_b_is_the_unscreened_one_screened_after(tmp_path, tiny_hopper):

@@ -4,7 +4,7 @@
 # is the default since stop 34.
 one() {  # run_dir log flags...: one uepo.train, skipped when done, resumed when started
   local RD=$1 LOG=$2; shift 2
-  [ -f $RD/summary.json ] && return
+  grep -qs '"scores"' $RD/summary.json && return  # summary.json exists from phase A on; scores come last
   mkdir -p $(dirname $RD)
   if [ -f $RD/config.yaml ]; then $PY -m uepo.train --run_dir $RD --resume > $LOG 2>&1
   else $PY -m uepo.train --run_dir $RD "$@" > $LOG 2>&1; fi

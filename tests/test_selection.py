@@ -404,20 +404,29 @@ def test_executed_action_weight_per_row():
     assert masked_mse(target, prediction, mask, torch.tensor([2.0, 2.0])) == masked_mse(target, prediction, mask, 2.0)
 
 
-def test_phase_b_weighs_the_executed_action_of_the_start_rows_only(tiny_hopper):
-    from types import SimpleNamespace
+def test_phase_b_weighs_the_executed_action_of_the_start_rows_only(tiny_hopper, tmp_path):
+    """Phase B's trainer weighs the executed action of the rows drawn from episodes' starts, and its
+    denoiser loss uses those weights (a weight of 1 is the plain loss, bit for bit)."""
+    from uepo.phases.pretrain import PretrainTrainer, make_policy_config
 
-    from uepo.config import PretrainConfig
-    from uepo.distributed import World
-    from uepo.phases.pretrain import PretrainTrainer
+    data = load_offline_data(tiny_hopper)
 
-    sampler = BatchSampler(load_offline_data(tiny_hopper), start_steps=3, start_floor=0.9)
-    trainer = SimpleNamespace(p=PretrainConfig(first_action_weight=2.0, start_action_weight=4.0), device="cpu",
-                              sample_batch=sampler, world=World())
-    w, k = PretrainTrainer._executed_action_weight(trainer, 64), sampler.extra_rows(64)
+    def trainer(start_action_weight: float) -> PretrainTrainer:
+        seed_everything(0)
+        cfg = apply_overrides(preset("smoke"), {"pretrain": {
+            "first_action_weight": 2.0, "start_action_weight": start_action_weight, "start_floor": 0.9,
+            "start_steps": 3}})
+        ctx = PhaseContext(Run(tmp_path / str(start_action_weight), tensorboard=False), cfg, data,
+                           torch.device("cpu"), progress=False)
+        return PretrainTrainer(ctx, make_policy_config(cfg, data.obs_dim, data.action_dim))
+
+    weighted, plain = trainer(4.0), trainer(1.0)
+    w, k = weighted._executed_action_weight(64), weighted.sample_batch.extra_rows(64)
     assert 0 < k < 64 and (w[:k] == 8.0).all() and (w[k:] == 2.0).all()
-    trainer.p.start_action_weight = 1.0  # every row alike: the plain number, as before the option existed
-    assert PretrainTrainer._executed_action_weight(trainer, 64) == 2.0
+    assert plain._executed_action_weight(64) == 2.0  # every row alike: the plain number
+    batch = weighted.sample_batch(64, torch.Generator().manual_seed(3))
+    loss_weighted, loss_plain = weighted._denoiser_loss(batch)[0], plain._denoiser_loss(batch)[0]
+    assert loss_weighted != loss_plain  # same net, rows and noise: only the start rows' weights differ
 
 
 def test_seed_temperature_scales_the_initial_noise_only():

@@ -563,12 +563,17 @@ def test_seed_screening_keeps_the_candidates_nearest_the_data(pipeline):
     assert result["tau"] > 0 and result["sub_policy_divergence"] > 0
 
 
-def test_phase_b_reports_how_rare_starts_are(pipeline):
+def test_phase_b_reports_how_rare_starts_are(pipeline, tmp_path):
     """summary.json's pretrain block says what share of the data an episode's first steps are, and how many
     rows per batch the start options drew (none at the default)."""
     data, metrics = pipeline["data"], pipeline["pre"].metrics
     assert metrics["start_natural_share"] == BatchSampler(data).natural_share > 0
     assert metrics["start_rows_per_batch"] == 0.0
+    # the Gaussian ensemble draws its batches through the same sampler, and says so too
+    cfg = small_config(policy="gaussian-ensemble", pretrain={"num_seeds": 1, "steps": 5, "start_floor": 0.9})
+    gaussian = pretrain(PhaseContext(Run(tmp_path, tensorboard=False), cfg, data, torch.device("cpu"), False))
+    assert gaussian.metrics["start_rows_per_batch"] == BatchSampler(data, start_floor=0.9).extra_rows(
+        cfg.pretrain.batch_size) > 0
 
 
 def test_a_screened_phase_b_is_the_unscreened_one_screened_after(tmp_path, tiny_hopper):

@@ -262,15 +262,14 @@ def pretrain(ctx: PhaseContext) -> Pretrained:
     train(ctx, trainer)
 
     policy = MultiSeedPolicy(pcfg, data.obs_mean, data.obs_std, backbone=trainer.ema.eval()).to(ctx.device)
-    result: dict = {}
+    # how rare episodes' starts are here, and how many rows per batch the start options drew (either kind)
+    result: dict = {"start_natural_share": trainer.sample_batch.natural_share,
+                    "start_rows_per_batch": float(trainer.sample_batch.extra_rows(p.batch_size))}
     if trainer.diffusion:
         # with screening the states come from a stream of their own, so the screen reproduces from pretrain.pt
         generator = torch.Generator().manual_seed(seeds.screen_seed(cfg.seed)) if p.seed_candidates else \
             trainer.generator
-        result = finish_sub_policies(policy, data, cfg, generator)
-        # how rare episodes' starts are here, and how many rows per batch the start options drew from them
-        result.update(start_natural_share=trainer.sample_batch.natural_share,
-                      start_rows_per_batch=float(trainer.sample_batch.extra_rows(p.batch_size)))
+        result.update(finish_sub_policies(policy, data, cfg, generator))
         run.log(PHASE, p.steps, **{k: v for k, v in result.items() if isinstance(v, float)})
     run.save_checkpoint(PHASE, {"policy": policy.state(), "metrics": result, "net": trainer.net.state_dict()})
     return Pretrained(policy, result)

@@ -164,6 +164,37 @@ def test_a_selected_policy_below_half_the_datas_score_is_reported(selected, data
     assert (f"({data:.1f})" in text and f"scores {selected:.1f}" in text) == warned
 
 
+@pytest.mark.parametrize(("selected_index", "improved", "named"), [
+    (3, [55.0, 16.1, 51.9, 11.5], 0),  # walker2d medium s3 with the floor (RESULTS 0r): 0 walks, 3 falls
+    (1, [12.0, 11.5, 10.0], None),  # no warning: nothing to point at
+    (0, [2.2, 2.0, 2.1], None),  # every candidate stands still: none did learn
+])
+def test_a_warned_selection_names_the_evaluated_sub_policy_that_did_learn(selected_index, improved, named):
+    scores = {"selected": improved[selected_index], "raw": improved, "improved": improved,
+              "selected_index": selected_index, "amq_selected_candidates": [50.0] * len(improved),
+              "dataset_episodes": 35.6 if named is not None else 8.2, "selection_method": "amq"}
+    text = " | ".join(score_warnings(scores))
+    assert ("acts with it" in text) == (named is not None)
+    if named is not None:
+        assert f"sub_policy={named})" in text and f"scored {improved[named]:.1f}" in text
+
+
+@pytest.mark.parametrize(("raw", "share", "hinted"), [
+    ([2.0, 2.2, 1.9, 2.1], 0.025, True),  # HalfCheetah medium-replay at the default (RESULTS 0r)
+    ([2.0, 2.2, 1.9, 2.1], 0.169, False),  # starts are common: the floor would add no row
+    ([10.5, 2.2, 1.9, 2.1], 0.025, False),  # one sub-policy runs: not every sub-policy missed the gait
+    ([2.0, 2.2, 1.9, 2.1], None, False),  # a run made before the share was recorded
+])
+def test_the_start_floor_is_suggested_where_every_sub_policy_misses_and_starts_are_rare(raw, share, hinted):
+    scores = {"selected": raw[1], "raw": raw, "improved": raw, "selected_index": 1,
+              "amq_selected_candidates": [50.0] * 4, "dataset_episodes": 8.2, "selection_method": "amq"}
+    warnings = score_warnings(scores, start_share=share)
+    text = " | ".join(warnings)
+    assert ("--pretrain.start_floor 0.1" in text) == hinted
+    if hinted:
+        assert "2.5 %" in text and len(warnings) == 2  # beside the selected policy's own warning
+
+
 def test_select_sub_policy_takes_the_best_plausible():
     out = select_sub_policy([5.0, 9.0, 7.0], [True, False, True], [0.1, 0.2, 0.3])
     assert out["selected"] == 2 and out["method"] == "amq" and out["warnings"] == []

@@ -146,12 +146,17 @@ RANDOM_LEVEL = 2.0  # normalised scores below this are a random policy's (0 by d
 LEARNED_SHARE = 0.5  # a selected policy below this share of the data's own score has not learned its behaviour
 
 
-def score_warnings(scores: dict) -> list[str]:
+RARE_START_SHARE = 0.1  # --pretrain.start_floor's tested value: data whose episode starts are rarer than this
+
+
+def score_warnings(scores: dict, start_share: float | None = None) -> list[str]:
     """The offline result's scores that cannot be a learned policy's: the selected one, or every raw μ^i,
     at a random policy's level (a normalised score below ``RANDOM_LEVEL``: it falls or stands still
     from the start), or the selected one below ``LEARNED_SHARE`` of the data's own score (a HalfCheetah that
     stands still scores 2.2–2.9, above the random level: RESULTS 0o). Such a policy is not to be used or
-    fine-tuned as if it had learned, so the run says so."""
+    fine-tuned as if it had learned, so the run says so, with what to do: the evaluated sub-policy that did
+    learn (``better_candidate``), and the start floor where every sub-policy missed the data's behaviour and
+    the data's episode starts (``start_share``, phase B's ``start_natural_share``) are rare (``rare_start``)."""
     out = []
     selected, raw = scores.get("selected"), scores.get("raw") or []
     data = scores.get("dataset_episodes")
@@ -170,12 +175,47 @@ def score_warnings(scores: dict) -> list[str]:
                    "behaviour (on a robot that never terminates a policy that stands still scores above the random "
                    "level: 2.2–2.9 on HalfCheetah). Do not use this policy as learned; look at the table's other "
                    "candidates and docs/RESULTS.md 0o, or try another --seed.")
+    if out:
+        out[-1] += better_candidate(scores)
     if raw and all(x is not None and x < RANDOM_LEVEL for x in raw):
         out.append(f"every raw sub-policy scores at a random policy's level ({[round(x, 1) for x in raw]}, "
                    f"below {RANDOM_LEVEL:g}{data_text}): phase B's sub-policies do not imitate the data. Check "
                    "phase B's loss in metrics.csv and plots/pretrain.png; seed screening (--pretrain.seed_candidates "
                    "16), a longer --pretrain.steps or another --seed may help.")
+    hint = rare_start(raw, data, start_share)
+    if hint:
+        out.append(hint)
     return out
+
+
+def better_candidate(scores: dict) -> str:
+    """A sentence naming the improved sub-policy that did learn, where the selected one did not: the final
+    evaluation scored every candidate, so a user can act with it (a pick made with real episodes, as
+    ``--selection amq-topk-online`` makes, not offline). Empty where no candidate reaches the learned level."""
+    improved, data, selected = scores.get("improved") or [], scores.get("dataset_episodes"), scores.get("selected")
+    if not improved or None in improved or data is None or selected is None:
+        return ""
+    best = int(np.argmax(improved))
+    if improved[best] < max(LEARNED_SHARE * data, RANDOM_LEVEL) or best == scores.get("selected_index"):
+        return ""
+    return (f" Improved sub-policy {best} scored {improved[best]:.1f} in the same evaluation: "
+            f"uepo.load_policy(RUN_DIR, sub_policy={best}) acts with it (a pick made with real episodes).")
+
+
+def rare_start(raw: list, data: float | None, start_share: float | None) -> str:
+    """The start floor's hint where every raw sub-policy scored below ``LEARNED_SHARE`` of the data and the
+    data's episode starts are rarer than ``RARE_START_SHARE``: a rare start that decides the episode is a known
+    way for every sub-policy to miss the gait (HalfCheetah medium-replay, RESULTS 0o–0r)."""
+    if (not raw or None in raw or data is None or start_share is None or data < 2 * RANDOM_LEVEL
+            or start_share >= RARE_START_SHARE or max(raw) >= LEARNED_SHARE * data):
+        return ""
+    return (f"every raw sub-policy scores below {LEARNED_SHARE:g} × the dataset's own episodes "
+            f"({[round(x, 1) for x in raw]} against {data:.1f}), and episodes' first steps are only "
+            f"{100 * start_share:.1f} % of this data's states: a start that is rare in the data but decides the "
+            "episode is a known way for every sub-policy to miss the data's gait. Try --pretrain.start_floor 0.1 "
+            "--pretrain.start_action_weight 8: on HalfCheetah medium-replay it made every seed of four run (selected "
+            "11.0 against 2.0 without it and the data's 8.2), but it is not the default, because on walker2d medium "
+            "one seed of three then selected a walker that falls (docs/RESULTS.md 0r).")
 
 
 def selection_report(selected: int, amq_raw: list[float], amq_best: list[float], raw: list[float] | None,

@@ -216,7 +216,8 @@ def run_offline(ctx: PhaseContext, done: list[str]) -> None:
     if evals and None not in (raw or []) + (improved_scores or []):
         scores["selection_report"] = selection_report(improved.selected, improved.amq_raw, improved.amq_best,
                                                       raw, improved_scores, evaluation_episode_scores(evals))
-    warnings = augmentation_warnings(dynamics.metrics) + improved.selection.get("warnings", []) + score_warnings(scores)
+    warnings = augmentation_warnings(dynamics.metrics) + improved.selection.get("warnings", []) + score_warnings(
+        scores, pre.metrics.get("start_natural_share"))
     run.update_summary(scores=scores, evaluation=evals, phases_run=done, pretrain=pre.metrics,
                        dynamics=dynamics.metrics, selection=improved.selection, warnings=warnings)
     if evals:

@@ -3,7 +3,7 @@
 #   bash docs/results/fresh1024/lanes.sh 1 & bash docs/results/fresh1024/lanes.sh 2 &
 # lane 1 takes the odd-numbered runs of runs.txt, lane 2 the even; a run with its JSON is skipped (resumable).
 cd "$(dirname "$0")/../../.." || exit 1
-export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 PYTHONPATH=$PWD  # this checkout's uepo, not the venv's
 OUT=${FRESH_OUT:-docs/results/fresh1024}  # runs.txt, json/, logs/ (absolute run paths)
 i=0
 while read -r r; do

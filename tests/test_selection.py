@@ -184,10 +184,12 @@ def test_a_warned_selection_names_the_evaluated_sub_policy_that_did_learn(select
     ([2.0, 2.2, 1.9, 2.1], 0.169, False),  # starts are common: the floor would add no row
     ([10.5, 2.2, 1.9, 2.1], 0.025, False),  # one sub-policy runs: not every sub-policy missed the gait
     ([2.0, 2.2, 1.9, 2.1], None, False),  # a run made before the share was recorded
+    ([0.5, 0.2, 0.1, 0.3], 0.025, False),  # data near the random level (3.5 below): half of it says nothing
 ])
 def test_the_start_floor_is_suggested_where_every_sub_policy_misses_and_starts_are_rare(raw, share, hinted):
     scores = {"selected": raw[1], "raw": raw, "improved": raw, "selected_index": 1,
-              "amq_selected_candidates": [50.0] * 4, "dataset_episodes": 8.2, "selection_method": "amq"}
+              "amq_selected_candidates": [50.0] * 4, "dataset_episodes": 8.2 if max(raw) > 1 else 3.5,
+              "selection_method": "amq"}
     warnings = score_warnings(scores, start_share=share)
     text = " | ".join(warnings)
     assert ("--pretrain.start_floor 0.1" in text) == hinted

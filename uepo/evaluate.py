@@ -191,12 +191,13 @@ def score_warnings(scores: dict, start_share: float | None = None) -> list[str]:
 def better_candidate(scores: dict) -> str:
     """A sentence naming the improved sub-policy that did learn, where the selected one did not: the final
     evaluation scored every candidate, so a user can act with it (a pick made with real episodes, as
-    ``--selection amq-topk-online`` makes, not offline). Empty where no candidate reaches the learned level."""
-    improved, data, selected = scores.get("improved") or [], scores.get("dataset_episodes"), scores.get("selected")
-    if not improved or None in improved or data is None or selected is None:
+    ``--selection amq-topk-online`` makes, not offline). Empty where no candidate reaches the learned level (a
+    warned selected policy is below it, so a candidate that reaches it is another sub-policy)."""
+    improved, data = scores.get("improved") or [], scores.get("dataset_episodes")
+    if not improved or None in improved or data is None:
         return ""
     best = int(np.argmax(improved))
-    if improved[best] < max(LEARNED_SHARE * data, RANDOM_LEVEL) or best == scores.get("selected_index"):
+    if improved[best] < max(LEARNED_SHARE * data, RANDOM_LEVEL):
         return ""
     return (f" Improved sub-policy {best} scored {improved[best]:.1f} in the same evaluation: "
             f"uepo.load_policy(RUN_DIR, sub_policy={best}) acts with it (a pick made with real episodes).")

@@ -46,6 +46,7 @@ from uepo.phases.improve import (
 from uepo.phases.pretrain import masked_mse, pretrain
 from uepo.policy import MultiSeedPolicy, policy_config
 from uepo.runs import Run, seed_everything
+from uepo.train import offline_warnings
 
 torch.set_num_threads(1)
 DEFAULT_FACTOR = ImproveConfig().ope_support_factor
@@ -195,6 +196,16 @@ def test_the_start_floor_is_suggested_where_every_sub_policy_misses_and_starts_a
     assert ("--pretrain.start_floor 0.1" in text) == hinted
     if hinted:
         assert "2.5 %" in text and len(warnings) == 2  # beside the selected policy's own warning
+
+
+def test_a_run_passes_phase_bs_start_share_to_the_start_floor_hint():
+    """The wiring in uepo.train: the hint needs phase B's recorded share, which the smoke run never triggers."""
+    raw = [2.0, 2.2, 1.9, 2.1]
+    scores = {"selected": raw[1], "raw": raw, "improved": raw, "selected_index": 1,
+              "amq_selected_candidates": [50.0] * 4, "dataset_episodes": 8.2, "selection_method": "amq"}
+    hinted = offline_warnings(scores, {"warnings": ["from phase D"]}, {"start_natural_share": 0.025}, {})
+    assert hinted[0] == "from phase D" and "--pretrain.start_floor 0.1" in hinted[-1] and "2.5 %" in hinted[-1]
+    assert not any("start_floor" in w for w in offline_warnings(scores, {}, {"start_natural_share": 0.169}, {}))
 
 
 def test_select_sub_policy_takes_the_best_plausible():

@@ -216,8 +216,7 @@ def run_offline(ctx: PhaseContext, done: list[str]) -> None:
     if evals and None not in (raw or []) + (improved_scores or []):
         scores["selection_report"] = selection_report(improved.selected, improved.amq_raw, improved.amq_best,
                                                       raw, improved_scores, evaluation_episode_scores(evals))
-    warnings = augmentation_warnings(dynamics.metrics) + improved.selection.get("warnings", []) + score_warnings(
-        scores, pre.metrics.get("start_natural_share"))
+    warnings = offline_warnings(scores, improved.selection, pre.metrics, dynamics.metrics)
     run.update_summary(scores=scores, evaluation=evals, phases_run=done, pretrain=pre.metrics,
                        dynamics=dynamics.metrics, selection=improved.selection, warnings=warnings)
     if evals:
@@ -226,6 +225,13 @@ def run_offline(ctx: PhaseContext, done: list[str]) -> None:
               file=sys.stderr)
     for message in warnings:
         print(f"uepo.train: WARNING: {message}", file=sys.stderr)
+
+
+def offline_warnings(scores: dict, selection: dict, pretrain_metrics: dict, dynamics_metrics: dict) -> list[str]:
+    """The offline result's warnings, in the order they are printed: T̂'s augmentation, phase D's selection,
+    then the real scores' (with phase B's share of episode-start states for the start-floor hint)."""
+    return (augmentation_warnings(dynamics_metrics) + selection.get("warnings", [])
+            + score_warnings(scores, pretrain_metrics.get("start_natural_share")))
 
 
 def run_online_phase(ctx: PhaseContext, done: list[str]) -> None:

@@ -107,10 +107,10 @@ def main() -> None:
     print(f"- mean selected over all runs: D {mean([r['D']['score'] for r in rows]):.2f}, "
           f"C {mean([r['C']['score'] for r in rows]):.2f}; default + fresh only "
           f"{mean([r['D_fresh']['score'] for r in rows]):.2f}")
-    print("\nWarnings (each run's summary.json):")
+    print("\nWarnings (each run's summary.json; a base run's are about its own pick, the fresh one):")
     for r in rows:
-        for name, a in (("D", r["D"]), ("C", r["C"])):
-            if name == "C" and r["C_gate"] is None:
+        for name, a in (("base run", r["D"]), ("pair run", r["C"])):
+            if name == "pair run" and r["C_gate"] is None:
                 continue
             for w in a["warnings"]:
                 print(f"- {r['dataset']} s{r['seed']} {name}: {w[:300]}")

@@ -221,7 +221,8 @@ BY_POLICY: dict[tuple[str, str], dict[str, float]] = {
     # a rare episode start topped up to a tenth of each batch, its executed action weighted (RESULTS 0r, 0t)
     ("pretrain", "start_floor"): {"diffusion": 0.1, "gaussian-ensemble": 0.0},
     ("pretrain", "start_action_weight"): {"diffusion": 8.0, "gaussian-ensemble": 1.0},
-    # i* on AM-Q from fresh start states: no winner's curse from the gate's own (RESULTS 0s, 0t)
+    # i* on AM-Q from 1024 fresh start states (16× bench's gate, 4× the paper preset's): no winner's curse from the
+    # gate's own (RESULTS 0s, 0t; 4× bench's gate, 256, was no better than the gate's own)
     ("improve", "validate_states"): {"diffusion": 1024, "gaussian-ensemble": 0},
 }
 ACCEPT_Z_BY_POLICY = BY_POLICY[("improve", "accept_z")]

@@ -216,9 +216,9 @@ def rare_start(raw: list, data: float | None, start_share: float | None, start_r
             f"({[round(x, 1) for x in raw]} against {data:.1f}), and episodes' first steps are only "
             f"{100 * start_share:.1f} % of this data's states: a start that is rare in the data but decides the "
             "episode is a known way for every sub-policy to miss the data's gait. Try --pretrain.start_floor 0.1 "
-            "--pretrain.start_action_weight 8 (the diffusion policy's default): on HalfCheetah medium-replay it made "
-            "every seed of five run, selected 11.0 over seeds 0–3 against 2.0 without it and the data's 8.2 "
-            "(docs/RESULTS.md 0r, 0t).")
+            "--pretrain.start_action_weight 8 (the diffusion policy's default, -1): on HalfCheetah medium-replay it "
+            "made every seed of five run (selected 7.3–12.0 against about 2 without it and the data's 8.2; "
+            "docs/RESULTS.md 0r, 0t).")
 
 
 def selection_report(selected: int, amq_raw: list[float], amq_best: list[float], raw: list[float] | None,

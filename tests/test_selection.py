@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from uepo.config import ImproveConfig, accept_z_of, apply_overrides, preset, validate
+from uepo.config import ImproveConfig, accept_z_of, apply_overrides, preset, resolve_by_policy, validate
 from uepo.data import load_offline_data
 from uepo.evaluate import (
     RANDOM_LEVEL,
@@ -186,12 +186,14 @@ def test_a_warned_selection_names_the_evaluated_sub_policy_that_did_learn(select
     ([10.5, 2.2, 1.9, 2.1], 0.025, False),  # one sub-policy runs: not every sub-policy missed the gait
     ([2.0, 2.2, 1.9, 2.1], None, False),  # a run made before the share was recorded
     ([0.5, 0.2, 0.1, 0.3], 0.025, False),  # data near the random level (3.5 below): half of it says nothing
+    ([2.0, 2.2, 1.9, 2.1], 0.025, "rows"),  # the floor was on (phase B drew start rows): nothing to suggest
 ])
 def test_the_start_floor_is_suggested_where_every_sub_policy_misses_and_starts_are_rare(raw, share, hinted):
     scores = {"selected": raw[1], "raw": raw, "improved": raw, "selected_index": 1,
               "amq_selected_candidates": [50.0] * 4, "dataset_episodes": 8.2 if max(raw) > 1 else 3.5,
               "selection_method": "amq"}
-    warnings = score_warnings(scores, start_share=share)
+    warnings = score_warnings(scores, start_share=share, start_rows=20.0 if hinted == "rows" else 0.0)
+    hinted = hinted is True
     text = " | ".join(warnings)
     assert ("--pretrain.start_floor 0.1" in text) == hinted
     if hinted:
@@ -303,6 +305,35 @@ def test_accept_z_default_is_by_policy_kind():
         assert accept_z_of(apply_overrides(cfg, {"improve": {"accept_z": 0.5}})) == 0.5
     with pytest.raises(ValueError, match="accept_z must be a finite number >= 0 .* or -1"):
         validate(apply_overrides(preset("smoke"), {"improve": {"accept_z": -0.5}}))
+
+
+@pytest.mark.parametrize(("policy", "expect"), [
+    ("diffusion", (1.645, 0.1, 8.0, 1024)),  # RESULTS 0l–0n (the gate), 0r–0t (the floor, fresh selection)
+    ("gaussian-ensemble", (0.0, 0.0, 1.0, 0)),  # Uni-O4's baseline keeps Uni-O4's recipe
+])
+def test_by_policy_fields_resolve_to_their_kinds_value_and_a_given_value_stays(policy, expect, tmp_path):
+    cfg = apply_overrides(preset("bench"), {"policy": policy})
+    validate(cfg)
+    fields = lambda c: (c.improve.accept_z, c.pretrain.start_floor, c.pretrain.start_action_weight,  # noqa: E731
+                        c.improve.validate_states)
+    assert fields(cfg) == (-1, -1, -1, -1)  # config.yaml keeps -1
+    assert fields(resolve_by_policy(cfg)) == expect
+    assert fields(cfg) == (-1, -1, -1, -1)  # resolving copies
+    ctx = PhaseContext(Run(tmp_path, tensorboard=False), cfg, None, torch.device("cpu"))
+    assert fields(ctx.cfg) == expect  # what every phase reads
+    given = apply_overrides(copy.deepcopy(cfg), {"pretrain": {"start_floor": 0.05, "start_action_weight": 2.0},
+                                                 "improve": {"validate_states": 0, "accept_z": 0.5}})
+    assert fields(resolve_by_policy(given)) == (0.5, 0.05, 2.0, 0)
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ({"improve": {"validate_states": -2}}, "validate_states must be >= 0 .* or -1"),
+    ({"pretrain": {"start_floor": -0.5}}, "start_floor must be in \\[0, 1\\] .* or -1"),
+    ({"pretrain": {"start_action_weight": -2.0}}, "start_action_weight must be > 0 or -1"),
+])
+def test_a_by_policy_field_refuses_negatives_other_than_minus_one(override, match):
+    with pytest.raises(ValueError, match=match):
+        validate(apply_overrides(preset("smoke"), override))
 
 
 def test_fresh_amq_replaces_the_gates_values():

@@ -216,6 +216,35 @@ def test_resume_accepts_a_run_from_before_a_field_existed(smoke_run, tiny_hopper
         check_resume(parse_args([*flags, "--augment_batch", "7"]), old)
 
 
+def test_a_run_from_before_the_by_policy_defaults_resumes_and_is_reused_with_what_it_ran_with(smoke_run, tiny_hopper,
+                                                                                             tmp_path):
+    """A config.yaml without start_floor, start_action_weight or validate_states ran without them (PREDATED):
+    --resume reads that, not -1 (for diffusion: the floor and 1024 fresh states), and --reuse_from compares
+    by-policy fields resolved: such a diffusion run's phase B is not today's default's, a Gaussian one's is."""
+    import shutil
+
+    from uepo.cli import parse_args, run_config
+    from uepo.config import PREDATED
+    from uepo.reuse import reusable_phases
+    from uepo.train import check_resume
+
+    old = tmp_path / "old"
+    shutil.copytree(smoke_run, old)
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    for section, name in PREDATED:
+        del saved[section][name]
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = run_config(old)
+    assert (cfg.pretrain.start_floor, cfg.pretrain.start_action_weight, cfg.improve.validate_states) == (0.0, 1.0, 0)
+    check_resume(parse_args(["--resume", str(old)]), old)
+    today = ["--dataset", tiny_hopper, "--preset", "smoke", "--seed", "3"]
+    assert [e.checkpoint for e in reusable_phases(parse_args(today), old, None)] == ["critics", "dynamics_T0"]
+    saved["policy"] = "gaussian-ensemble"
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    gaussian = parse_args([*today, "--policy", "gaussian-ensemble"])
+    assert "pretrain" in [e.checkpoint for e in reusable_phases(gaussian, old, None)]
+
+
 def test_topk_online_selection_is_a_flagged_option_and_the_run_prints_its_selection_table(tiny_hopper, tmp_path,
                                                                                            capsys):
     assert smoke(tiny_hopper, tmp_path / "k", "--selection", "amq-topk-online", "--select_topk", "2",

@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from uepo.config import SECTIONS, SPEC_3E, Config, apply_overrides, load_yaml, preset, validate
+from uepo.config import SECTIONS, SPEC_3E, Config, apply_overrides, load_run_yaml, load_yaml, preset, validate
 
 # Shorthand flags (the paper's comparisons and ablations) -> overrides.
 SHORTHANDS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -88,7 +88,7 @@ def run_config(run_dir: Path) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise FileNotFoundError(f"--resume: {path} does not exist; pass the run_dir of an earlier run")
-    saved = load_yaml(path)
+    saved = load_run_yaml(path)
     cfg = preset(str(saved.get("preset", Config().preset)))
     return apply_overrides(cfg, saved)
 

@@ -7,6 +7,7 @@ Resolution order: preset -> YAML file -> overrides; the command line that builds
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -64,10 +65,12 @@ class PretrainConfig:
     first_action_weight: float = f(1.0, "loss weight of the chunk's first (executed) action vs. each later step")
     start_fraction: float = f(0.0, "share of each batch drawn from the first start_steps steps of episodes")
     start_steps: int = f(25, "an episode's first steps that start_fraction and start_floor oversample")
-    start_floor: float = f(0.0, "least share of each batch from episodes' first start_steps steps: rows are "
-                                "drawn from them only where the data holds fewer (long episodes)")
-    start_action_weight: float = f(1.0, "loss weight of the executed action on the rows drawn from "
-                                        "episodes' starts (start_floor, start_fraction), times first_action_weight")
+    start_floor: float = f(-1.0, "least share of each batch from episodes' first start_steps steps: rows are "
+                                 "drawn from them only where the data holds fewer (long episodes); -1: by policy "
+                                 "kind, 0.1 diffusion (RESULTS 0r, 0t), 0 gaussian-ensemble")
+    start_action_weight: float = f(-1.0, "loss weight of the executed action on the rows drawn from episodes' "
+                                         "starts (start_floor, start_fraction), times first_action_weight; -1: by "
+                                         "policy kind, 8 diffusion, 1 gaussian-ensemble")
     base_seed: int = f(-1, "seed of sub-policy 0's noise generator; -1: 1000 * run seed")
     prediction: str = f("x0", "denoiser output and loss: x0 (the clean chunk; the default since RESULTS 0n: ε's "
                               "sub-policies stood still on HalfCheetah, x̂₀'s ran at the data's level), eps "
@@ -130,8 +133,9 @@ class ImproveConfig:
                               "paired per-start-state difference (0: any gain, as Uni-O4); -1: by policy kind, "
                               "1.645 diffusion (RESULTS 0l–0n), 0 gaussian-ensemble (Uni-O4's rule; RESULTS 0i)")
     ope_states: int = f(256, "dataset start states of each AM-Q rollout")
-    validate_states: int = f(0, "select i* on AM-Q from this many fresh start states, not the gate's own (whose "
-                                "accepted Ĵ is a max over tries); 0: on the gate's states (Uni-O4)")
+    validate_states: int = f(-1, "select i* on AM-Q from this many fresh start states, not the gate's own (whose "
+                                 "accepted Ĵ is a max over tries); 0: on the gate's states (Uni-O4); -1: by policy "
+                                 "kind, 1024 diffusion (RESULTS 0s, 0t), 0 gaussian-ensemble")
     ope_horizon: int = f(0, "H_ope: AM-Q rollout length; 0: 200 locomotion, 20 Adroit")
     ope_support_factor: float = f(2.0, "a rollout row stops where T̂ disagrees more than this multiple of its "
                                        "largest disagreement on real hold-out pairs (inf: never)")
@@ -208,10 +212,20 @@ class Config:
 
 
 SELECTIONS = ("amq", "amq-gain-penalty", "amq-topk-online")  # --selection
-# --improve.accept_z -1's value per --policy: the one-sided 5 % level for UEPO's diffusion sub-policies
-# (RESULTS 0l–0n, with x̂₀-prediction: AM-Q gains within its noise are not taken), Uni-O4's "any gain" for its
-# baseline (RESULTS 0i: the gate lost there)
-ACCEPT_Z_BY_POLICY = {"diffusion": 1.645, "gaussian-ensemble": 0.0}
+# The fields whose -1 means "by --policy": UEPO's diffusion sub-policies take what was measured for them, the
+# Gaussian ensemble (Uni-O4's baseline) keeps Uni-O4's recipe: uniform batches, any AM-Q gain, selection on the
+# gate's values. The phases read them resolved (``resolve_by_policy``, in ``PhaseContext``).
+BY_POLICY: dict[tuple[str, str], dict[str, float]] = {
+    # the one-sided 5 % level: AM-Q gains within its noise are not taken (RESULTS 0l–0n; 0i: it lost on Gaussian)
+    ("improve", "accept_z"): {"diffusion": 1.645, "gaussian-ensemble": 0.0},
+    # a rare episode start topped up to a tenth of each batch, its executed action weighted (RESULTS 0r, 0t)
+    ("pretrain", "start_floor"): {"diffusion": 0.1, "gaussian-ensemble": 0.0},
+    ("pretrain", "start_action_weight"): {"diffusion": 8.0, "gaussian-ensemble": 1.0},
+    # i* on AM-Q from 1024 fresh start states (16× bench's gate, 4× the paper preset's): no winner's curse from the
+    # gate's own (RESULTS 0s, 0t; 4× bench's gate, 256, was no better than the gate's own)
+    ("improve", "validate_states"): {"diffusion": 1024, "gaussian-ensemble": 0},
+}
+ACCEPT_Z_BY_POLICY = BY_POLICY[("improve", "accept_z")]
 SECTIONS = ("data", "critics", "pretrain", "dynamics", "improve", "online")
 
 # Each preset lists the fields it changes from the defaults (the defaults are the paper protocol).
@@ -351,6 +365,22 @@ def load_yaml(path: Path) -> dict:
     return data
 
 
+# What a run whose config.yaml predates one of these fields computed with, where today's default differs: a
+# resumed or reused run must read that, not the default (which -1 now resolves by policy kind).
+PREDATED = {("pretrain", "start_floor"): 0.0, ("pretrain", "start_action_weight"): 1.0,
+            ("improve", "validate_states"): 0}
+
+
+def load_run_yaml(path: Path) -> dict:
+    """A run's saved config.yaml, with ``PREDATED``'s value for each such field it lacks."""
+    saved = load_yaml(path)
+    for (section, name), value in PREDATED.items():
+        part = saved.get(section)
+        if isinstance(part, dict) and name not in part:
+            part[name] = value
+    return saved
+
+
 def validate(cfg: Config) -> None:
     if cfg.phases not in ("offline", "online", "all"):
         raise ValueError(f"--phases must be offline, online or all, got {cfg.phases!r}")
@@ -373,8 +403,9 @@ def validate(cfg: Config) -> None:
     if not (cfg.online.init_std == 0 or math.exp(-5) < cfg.online.init_std < 1):
         raise ValueError("--online.init_std must be 0 (keep phase D's std) or in (0.0067, 1), "
                          f"got {cfg.online.init_std}")
-    if cfg.improve.validate_states < 0:
-        raise ValueError(f"--improve.validate_states must be >= 0 (0: select on the gate's own start states), "
+    if cfg.improve.validate_states < -1:
+        raise ValueError(f"--improve.validate_states must be >= 0 (0: select on the gate's own start states) or -1 "
+                         f"(by policy kind: {BY_POLICY[('improve', 'validate_states')]}), "
                          f"got {cfg.improve.validate_states}")
     if not (math.isfinite(cfg.improve.accept_z) and (cfg.improve.accept_z >= 0 or cfg.improve.accept_z == -1)):
         raise ValueError(f"--improve.accept_z must be a finite number >= 0 (0: accept any AM-Q gain) or -1 (by "
@@ -400,10 +431,12 @@ def validate(cfg: Config) -> None:
         raise ValueError("--first_action_weight must be > 0")
     if not 0 <= cfg.pretrain.start_fraction <= 1:
         raise ValueError("--start_fraction must be in [0, 1]")
-    if not 0 <= cfg.pretrain.start_floor <= 1:
-        raise ValueError("--start_floor must be in [0, 1]: the least share of a batch from episodes' starts")
-    if cfg.pretrain.start_action_weight <= 0:
-        raise ValueError("--start_action_weight must be > 0")
+    if not (0 <= cfg.pretrain.start_floor <= 1 or cfg.pretrain.start_floor == -1):
+        raise ValueError("--start_floor must be in [0, 1] (the least share of a batch from episodes' starts) or -1 "
+                         f"(by policy kind: {BY_POLICY[('pretrain', 'start_floor')]})")
+    if not (cfg.pretrain.start_action_weight > 0 or cfg.pretrain.start_action_weight == -1):
+        raise ValueError("--start_action_weight must be > 0 or -1 "
+                         f"(by policy kind: {BY_POLICY[('pretrain', 'start_action_weight')]})")
     if cfg.pretrain.start_steps < 1:
         raise ValueError("--start_steps must be >= 1")
     if cfg.pretrain.num_seeds < 1:
@@ -417,6 +450,18 @@ def validate(cfg: Config) -> None:
 def accept_z_of(cfg: Config) -> float:
     """BPPO's acceptance margin for this run: ``improve.accept_z``, or its policy kind's value where it is -1."""
     return ACCEPT_Z_BY_POLICY[cfg.policy] if cfg.improve.accept_z == -1 else cfg.improve.accept_z
+
+
+def resolve_by_policy(cfg: Config) -> Config:
+    """A copy of ``cfg`` with each ``BY_POLICY`` field that is -1 set to its policy kind's value: what the phases
+    read. config.yaml keeps the -1, so a run resumes, and a run made before a field's default moved keeps its
+    own value."""
+    out = copy.deepcopy(cfg)
+    for (section, name), values in BY_POLICY.items():
+        part = getattr(out, section)
+        if getattr(part, name) == -1:
+            setattr(part, name, type(getattr(part, name))(values[cfg.policy]))
+    return out
 
 
 def check_device(name: str) -> None:

@@ -149,14 +149,15 @@ LEARNED_SHARE = 0.5  # a selected policy below this share of the data's own scor
 RARE_START_SHARE = 0.1  # --pretrain.start_floor's tested value: data whose episode starts are rarer than this
 
 
-def score_warnings(scores: dict, start_share: float | None = None) -> list[str]:
+def score_warnings(scores: dict, start_share: float | None = None, start_rows: float = 0.0) -> list[str]:
     """The offline result's scores that cannot be a learned policy's: the selected one, or every raw μ^i,
     at a random policy's level (a normalised score below ``RANDOM_LEVEL``: it falls or stands still
     from the start), or the selected one below ``LEARNED_SHARE`` of the data's own score (a HalfCheetah that
     stands still scores 2.2–2.9, above the random level: RESULTS 0o). Such a policy is not to be used or
     fine-tuned as if it had learned, so the run says so, with what to do: the evaluated sub-policy that did
     learn (``better_candidate``), and the start floor where every sub-policy missed the data's behaviour and
-    the data's episode starts (``start_share``, phase B's ``start_natural_share``) are rare (``rare_start``)."""
+    the data's episode starts (``start_share``, phase B's ``start_natural_share``) are rare and phase B drew no
+    extra start rows (``start_rows``, its ``start_rows_per_batch``) (``rare_start``)."""
     out = []
     selected, raw = scores.get("selected"), scores.get("raw") or []
     data = scores.get("dataset_episodes")
@@ -182,7 +183,7 @@ def score_warnings(scores: dict, start_share: float | None = None) -> list[str]:
                    f"below {RANDOM_LEVEL:g}{data_text}): phase B's sub-policies do not imitate the data. Check "
                    "phase B's loss in metrics.csv and plots/pretrain.png; seed screening (--pretrain.seed_candidates "
                    "16), a longer --pretrain.steps or another --seed may help.")
-    hint = rare_start(raw, data, start_share)
+    hint = rare_start(raw, data, start_share, start_rows)
     if hint:
         out.append(hint)
     return out
@@ -203,20 +204,21 @@ def better_candidate(scores: dict) -> str:
             f"uepo.load_policy(RUN_DIR, sub_policy={best}) acts with it (a pick made with real episodes).")
 
 
-def rare_start(raw: list, data: float | None, start_share: float | None) -> str:
-    """The start floor's hint where every raw sub-policy scored below ``LEARNED_SHARE`` of the data and the
-    data's episode starts are rarer than ``RARE_START_SHARE``: a rare start that decides the episode is a known
-    way for every sub-policy to miss the gait (HalfCheetah medium-replay, RESULTS 0o–0r)."""
+def rare_start(raw: list, data: float | None, start_share: float | None, start_rows: float = 0.0) -> str:
+    """The start floor's hint where every raw sub-policy scored below ``LEARNED_SHARE`` of the data, the
+    data's episode starts are rarer than ``RARE_START_SHARE`` and phase B drew no extra start rows (the floor
+    was off: the Gaussian ensemble, or ``--pretrain.start_floor 0``): a rare start that decides the episode is a
+    known way for every sub-policy to miss the gait (HalfCheetah medium-replay, RESULTS 0o–0t)."""
     if (not raw or None in raw or data is None or start_share is None or data < 2 * RANDOM_LEVEL
-            or start_share >= RARE_START_SHARE or max(raw) >= LEARNED_SHARE * data):
+            or start_share >= RARE_START_SHARE or start_rows > 0 or max(raw) >= LEARNED_SHARE * data):
         return ""
     return (f"every raw sub-policy scores below {LEARNED_SHARE:g} × the dataset's own episodes "
             f"({[round(x, 1) for x in raw]} against {data:.1f}), and episodes' first steps are only "
             f"{100 * start_share:.1f} % of this data's states: a start that is rare in the data but decides the "
             "episode is a known way for every sub-policy to miss the data's gait. Try --pretrain.start_floor 0.1 "
-            "--pretrain.start_action_weight 8: on HalfCheetah medium-replay it made every seed of four run (selected "
-            "11.0 against 2.0 without it and the data's 8.2), but it is not the default, because on walker2d medium "
-            "one seed of three then selected a walker that falls (docs/RESULTS.md 0r).")
+            "--pretrain.start_action_weight 8 (the diffusion policy's default, -1): on HalfCheetah medium-replay it "
+            "made every seed of five run (selected 7.3–12.0 against about 2 without it and the data's 8.2; "
+            "docs/RESULTS.md 0r, 0t).")
 
 
 def selection_report(selected: int, amq_raw: list[float], amq_best: list[float], raw: list[float] | None,

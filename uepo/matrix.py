@@ -36,6 +36,9 @@ VARIANTS = {
     "alpha-1e-3": ["--pretrain.alpha", "1e-3"],
     "gaussian-alpha-1e-3": ["--policy", "gaussian-ensemble", "--pretrain.alpha", "1e-3"],  # the BC ensemble's KL too
     "no-divergence": ["--no-divergence"],
+    # the diffusion policy's defaults before stop 40: uniform batches, selection on the gate's values (RESULTS 0t)
+    "no-floor-gate-select": ["--pretrain.start_floor", "0", "--pretrain.start_action_weight", "1",
+                             "--improve.validate_states", "0"],
     # the defaults before stop 34: ε-prediction and Uni-O4's any-gain acceptance (RESULTS 0n); phase A reused
     "eps-no-gate": ["--pretrain.prediction", "eps", "--improve.accept_z", "0"],
     # phase C at bench's previous 100 updates per epoch (400 since RESULTS 0c), both policy kinds

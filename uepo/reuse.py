@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from uepo.config import Config, from_dict, load_yaml, to_dict
+from uepo.config import Config, from_dict, load_run_yaml, resolve_by_policy, to_dict
 from uepo.runs import Run
 
 TOP = ("dataset", "seed", "device", "threads", "amp", "compile")  # fields every phase depends on
@@ -74,8 +74,9 @@ def reusable_phases(cfg: Config, source: Path, dataset_hash: str | None) -> list
                                 "directory of an earlier run")
     if dataset_hash is not None and _dataset_hash(source) not in (None, dataset_hash):
         return []  # same id, other content: nothing upstream is the same computation
-    # a field the source run predates reads as its default (what that run computed with)
-    saved, current = to_dict(from_dict(load_yaml(source / "config.yaml"))), to_dict(cfg)
+    # a field the source run predates reads as what that run computed with; by-policy fields compare resolved
+    saved = to_dict(resolve_by_policy(from_dict(load_run_yaml(source / "config.yaml"))))
+    current = to_dict(resolve_by_policy(cfg))
     matches = []
     for entry in REUSABLE:
         if (source / "checkpoints" / f"{entry.checkpoint}.pt").exists() and \

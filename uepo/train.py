@@ -21,7 +21,7 @@ import torch
 
 from uepo import distributed, ops, seeds
 from uepo.cli import parse_args
-from uepo.config import Config, load_yaml, preset, save_yaml, to_dict, validate
+from uepo.config import Config, load_run_yaml, preset, save_yaml, to_dict, validate
 from uepo.data import DatasetError, OfflineData, load_offline_data
 from uepo.evaluate import evaluate_policy, evaluation_episode_scores, score_warnings, selection_report
 from uepo.phases import PhaseContext
@@ -52,7 +52,7 @@ def check_resume(cfg: Config, root: Path) -> None:
     saved_path = root / "config.yaml"
     if not saved_path.exists():
         raise FileNotFoundError(f"--resume: {saved_path} does not exist; pass the run_dir of an earlier run")
-    saved, current = load_yaml(saved_path), to_dict(cfg)
+    saved, current = load_run_yaml(saved_path), to_dict(cfg)
     ignore = {"resume", "run_dir", "out", "phases"}
     defaults = to_dict(preset(cfg.preset))  # what a field the run predates would have been
     diffs = []
@@ -231,7 +231,8 @@ def offline_warnings(scores: dict, selection: dict, pretrain_metrics: dict, dyna
     """The offline result's warnings, in the order they are printed: T̂'s augmentation, phase D's selection,
     then the real scores' (with phase B's share of episode-start states for the start-floor hint)."""
     return (augmentation_warnings(dynamics_metrics) + selection.get("warnings", [])
-            + score_warnings(scores, pretrain_metrics.get("start_natural_share")))
+            + score_warnings(scores, pretrain_metrics.get("start_natural_share"),
+                             pretrain_metrics.get("start_rows_per_batch", 0.0)))
 
 
 def run_online_phase(ctx: PhaseContext, done: list[str]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from uepo.config import Config
+from uepo.config import Config, resolve_by_policy
 from uepo.data import OfflineData
 from uepo.distributed import SINGLE, World
 from uepo.runs import Run, capture_rng, restore_rng
@@ -32,6 +32,9 @@ class PhaseContext:
     device: torch.device
     progress: bool = True  # show tqdm bars
     world: World = SINGLE  # this process's place in a torchrun run (uepo.distributed)
+
+    def __post_init__(self) -> None:
+        self.cfg = resolve_by_policy(self.cfg)  # a phase reads a by-policy field's value, never its -1
 
     def generator(self, phase: str) -> torch.Generator:
         """The phase's own batch generator (on the CPU, whatever the device: the same draws everywhere),

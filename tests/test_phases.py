@@ -133,8 +133,12 @@ def test_amq_ranks_the_bc_policy_above_random_actions(pipeline, tmp_path):
 def test_improvement_accepts_only_better_plausible_amq_and_selects_its_argmax(pipeline):
     imp, data = pipeline["improved"], pipeline["data"]
     assert imp.selection["method"] == "amq" and all(imp.selection["amq_plausible"])
-    assert all(b >= r for b, r in zip(imp.amq_best, imp.amq_raw, strict=True))  # accepted only when higher
-    assert imp.selected == int(np.argmax(imp.amq_best))
+    # the diffusion default selects on fresh start states (validate_states -1: 1024, at most the data's size);
+    # the gate's own Ĵ, kept beside them, is where a head was accepted only when higher
+    assert imp.selection["validation"]["states"] == min(1024, data.size)
+    gate = imp.selection["validation"]["gate"]["amq"]
+    assert all(b >= r for b, r in zip(gate, imp.amq_raw, strict=True))  # accepted only when higher
+    assert imp.selected == int(np.argmax(imp.amq_best))  # the fresh Ĵ's arg max
     # the returned heads are the accepted ones: re-scoring the selected policy reproduces its Ĵ
     cfg = pipeline["cfg"]
     ope_idx = pipeline["ctx"].run.load_checkpoint("improve_cache")["ope_idx"]
@@ -143,7 +147,7 @@ def test_improvement_accepts_only_better_plausible_amq_and_selects_its_argmax(pi
                          cfg.improve.ope_state_margin, cfg.improve.ope_support_factor)
     j = am_q(head_act_fn(imp.policy, imp.policy.heads[imp.selected], imp.selected), pipeline["dynamics"],
              pipeline["critics"], starts, cfg.improve.ope_horizon, data.normalize, support)
-    assert j.value == pytest.approx(imp.amq_best[imp.selected], rel=1e-5)
+    assert j.value == pytest.approx(gate[imp.selected], rel=1e-5)
 
 
 # ---- the pieces ----------------------------------------------------------------------------------
@@ -565,10 +569,10 @@ def test_seed_screening_keeps_the_candidates_nearest_the_data(pipeline):
 
 def test_phase_b_reports_how_rare_starts_are(pipeline, tmp_path):
     """summary.json's pretrain block says what share of the data an episode's first steps are, and how many
-    rows per batch the start options drew (none at the default)."""
-    data, metrics = pipeline["data"], pipeline["pre"].metrics
+    rows per batch the start options drew (the diffusion default's floor, 0.1, tops rare starts up)."""
+    data, metrics, cfg = pipeline["data"], pipeline["pre"].metrics, pipeline["cfg"]
     assert metrics["start_natural_share"] == BatchSampler(data).natural_share > 0
-    assert metrics["start_rows_per_batch"] == 0.0
+    assert metrics["start_rows_per_batch"] == BatchSampler(data, start_floor=0.1).extra_rows(cfg.pretrain.batch_size)
     # the Gaussian ensemble draws its batches through the same sampler, and says so too
     cfg = small_config(policy="gaussian-ensemble", pretrain={"num_seeds": 1, "steps": 5, "start_floor": 0.9})
     gaussian = pretrain(PhaseContext(Run(tmp_path, tensorboard=False), cfg, data, torch.device("cpu"), False))

@@ -449,7 +449,7 @@ def validate(cfg: Config) -> None:
 
 def accept_z_of(cfg: Config) -> float:
     """BPPO's acceptance margin for this run: ``improve.accept_z``, or its policy kind's value where it is -1."""
-    return ACCEPT_Z_BY_POLICY[cfg.policy] if cfg.improve.accept_z == -1 else cfg.improve.accept_z
+    return resolve_by_policy(cfg).improve.accept_z
 
 
 def resolve_by_policy(cfg: Config) -> Config:

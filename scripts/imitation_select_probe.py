@@ -1,6 +1,6 @@
 """Does how closely a finished run's sub-policies imitate the data tell the good ones from the bad? (issue 8)
 
-    python scripts/imitation_select_probe.py RUN_DIR [RUN_DIR ...] [--states 4096] [--json out.jsonl]
+    python scripts/imitation_select_probe.py RUN_DIR [RUN_DIR ...] [--states 2048] [--json out.jsonl]
 
 For each finished run and each of its 2n policies (raw μ^i, then the improved ones, as ``ope_probe`` loads
 them): the executed action's mean squared error against the dataset's actions on ``--states`` uniform dataset
@@ -31,6 +31,7 @@ def probe_indices(data: OfflineData, states: int, start_steps: int) -> dict[str,
     uniform = torch.randint(0, data.size, (min(states, data.size),), generator=gen)
     step = torch.arange(data.size) - data.episode_start.cpu()
     starts = torch.nonzero(step < start_steps).flatten()
+    starts = starts[torch.randperm(starts.numel(), generator=gen)[:states]]
     return {"uniform": uniform, "start": starts}
 
 
@@ -60,7 +61,7 @@ def probe(root: Path, states: int, start_steps: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--states", type=int, default=4096)
+    parser.add_argument("--states", type=int, default=2048)
     parser.add_argument("--start_steps", type=int, default=10)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)

@@ -153,10 +153,25 @@ class FinishedRun:
     improved: MultiSeedPolicy | None = None  # phase D's (the accepted heads)
 
 
-def load_finished_run(root: Path) -> FinishedRun:
-    """A finished run's phases A–D, loaded from its checkpoints, and its 2n policies with their real scores."""
+def real_data_view(root: Path, dest: Path) -> Path:
+    """A view of a finished run without its phase-C result, so that phase C stops at T̂0 (its checkpoint, fitted
+    on real data alone): every other checkpoint is a link to the run's, and ``dest`` takes what the view writes."""
+    (dest / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for src in [*(root / "checkpoints").iterdir(), root / "config.yaml", root / "summary.json"]:
+        link = dest / src.relative_to(root)
+        if src.name != "dynamics.pt" and not link.exists():
+            link.symlink_to(src.resolve())
+    return dest
+
+
+def load_finished_run(root: Path, t0_view: Path | None = None) -> FinishedRun:
+    """A finished run's phases A–D, loaded from its checkpoints, and its 2n policies with their real scores.
+    With ``t0_view`` (a folder of its own) the dynamics are T̂0, fitted on real data alone (``real_data_view``),
+    instead of T̂; everything else is the run's."""
     cfg = run_config(root)
     data = load_offline_data(cfg.dataset)
+    if t0_view is not None:
+        root, cfg.dynamics.augmentation = real_data_view(root, t0_view), False
     run = Run(root, resume=True, tensorboard=False)
     ctx = PhaseContext(run, cfg, data, torch.device("cpu"), progress=False)
     critics, pre = train_critics(ctx), pretrain(ctx)  # all load from the run's checkpoints

@@ -48,8 +48,8 @@ def pick_regrets(scores: dict, pick: int, real: list[float] | None = None) -> di
             "regret_uniform": uniform_regret(scores["raw"], scores["improved"])}
 
 
-def reselect(root: Path, states: int) -> dict:
-    fin = load_finished_run(root)
+def reselect(root: Path, states: int, t0_view: Path | None = None) -> dict:
+    fin = load_finished_run(root, t0_view)
     data, policy, summary = fin.data, fin.improved, json.loads((root / "summary.json").read_text())
     cfg = copy.deepcopy(fin.cfg.improve)
     cfg.validate_states = states
@@ -109,6 +109,8 @@ def main() -> int:
     parser.add_argument("--with_raw", action="store_true", help="--topk: shortlist the raw μ^i too")
     parser.add_argument("--gain_penalty", type=float, default=None,
                         help="replay amq-gain-penalty with this p instead (from summary.json only)")
+    parser.add_argument("--t0_views", type=Path, default=None,
+                        help="select on T̂0 (fitted on real data alone) instead of T̂: a folder for the runs' views")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -121,7 +123,8 @@ def main() -> int:
             r = reselect_gain_penalty(root, args.gain_penalty)
             line, extra = "gain-penalty pick", ""
         else:
-            r = reselect(root, args.states)
+            view = args.t0_views / "_".join(root.resolve().parts[-4:]) if args.t0_views else None
+            r = reselect(root, args.states, view) | {"dynamics": "T0" if view else "T"}
             line, extra = "fresh pick", ""
         results.append(r)
         print(f"{root}: {line} {r['pick']} ({r['pick_score']:.1f}, regret {r['regret']:.1f}){extra} | AM-Q's "

@@ -4,10 +4,11 @@
 
 For each finished run and each of its 2n policies (raw μ^i, then the improved ones, as ``ope_probe`` loads
 them): the executed action's mean squared error against the dataset's actions on ``--states`` uniform dataset
-states and on the episodes' first ``--start_steps`` steps (both drawn from a generator of this probe's own), beside
-the policy's real score from summary.json. One JSON line per run, with Spearman's ρ between each error and the
-real scores of the improved policies, and the regret a pick by the smallest error would have had. A probe: it
-decides nothing, and it peeks at no environment (the real scores are the run's own evaluation).
+states and on as many states of the episodes' first ``--start_steps`` steps (both drawn from a generator of
+this probe's own), beside the policy's real score from summary.json. One JSON line per run, with Spearman's ρ
+between each error and the real scores of the improved policies, and the regret a pick by the smallest error
+would have had. A probe: it decides nothing, and it peeks at no environment (the real scores are the
+run's own evaluation).
 """
 
 from __future__ import annotations

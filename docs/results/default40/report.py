@@ -32,7 +32,7 @@ UEPO = {
     WM: {3: "floor/floor", 5: "floor/floor", 6: "floor/floor", 7: "pf/pair", 8: "pf/pair"},
     HMR: {0: "d40/main", 3: "d40/main", 7: "pf/base"},
     WMR: {0: "d40/main", 1: "d40/main", 7: "pf/base"},
-    CM: {0: "floor/floor", 1: "floor/floor", 2: "floor/floor"},
+    CM: {0: "floor/floor", 1: "floor/floor"},  # 0r's s2 floor run never finished (stopped in phase B)
     CMR: {0: "floor/floor", 1: "floor/floor", 2: "floor/floor", 3: "floor/floor", 7: "pf/pair"},
 }
 IN_SAMPLE = {(WM, 3), (WM, 5), (WM, 6), (CMR, 0), (CMR, 1), (CMR, 2), (CMR, 3)}  # shaped the floor or the pair

@@ -14,12 +14,11 @@ run's own evaluation).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
-from ope_probe import load_finished_run  # scripts/ is sys.path[0] when this runs
+from ope_probe import append_jsonl, load_finished_run  # scripts/ is sys.path[0] when this runs
 
 from uepo.data import OfflineData
 from uepo.evaluate import rank_correlation
@@ -71,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         row = probe(root, args.states, args.start_steps)
         print(f"{root}: regret {row['regret']:.1f}; by smallest error: uniform {row['regret_min_uniform']:.1f}, "
               f"start {row['regret_min_start']:.1f}; ρ uniform {row['rho_uniform']}, start {row['rho_start']}")
-        if args.json:
-            with open(args.json, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        append_jsonl(args.json, row)
     return 0
 
 

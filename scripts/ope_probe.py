@@ -153,6 +153,14 @@ class FinishedRun:
     improved: MultiSeedPolicy | None = None  # phase D's (the accepted heads)
 
 
+def append_jsonl(path: Path | None, row: dict) -> None:
+    """One probe's result as a line of ``path`` (none: not kept), appended as it comes so that a long probe
+    keeps what it finished."""
+    if path is not None:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def real_data_view(root: Path, dest: Path) -> Path:
     """A view of a finished run without its phase-C result, so that phase C stops at T̂0 (its checkpoint, fitted
     on real data alone): every other checkpoint is a link to the run's, and ``dest`` takes what the view writes."""

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
+from ope_probe import append_jsonl  # scripts/ is sys.path[0] when this runs
 
 from uepo.cli import run_config
 from uepo.data import load_offline_data
@@ -85,9 +86,7 @@ def main() -> int:
     for run_dir in args.runs:
         row = probe(run_dir, args.candidates, args.episodes, args.states)
         print(json.dumps({k: row[k] for k in ("run", "rho_first", "rho_chunk")}))
-        if args.json:
-            with open(args.json, "a") as out:
-                out.write(json.dumps(row) + "\n")
+        append_jsonl(args.json, row)
     return 0
 
 

@@ -301,3 +301,22 @@ def test_gain_penalty_selection_picks_by_the_penalised_ranking_and_the_replay_ag
 
     replay = reselect_gain_penalty(smoke_run, 1.0)
     assert replay["pick"] == sel["selected"] and replay["regret"] == pytest.approx(sc["selection_report"]["regret"])
+
+
+def test_t0_view_gives_the_model_fitted_on_real_data_and_leaves_the_run_as_it_was(smoke_run, tmp_path):
+    # scripts/reselect.py --t0_views (RESULTS 0u): the selection replayed on T̂0 instead of T̂
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from ope_probe import load_finished_run
+
+    before = {p: p.stat().st_mtime_ns for p in smoke_run.rglob("*")}
+    on_t, on_t0 = load_finished_run(smoke_run), load_finished_run(smoke_run, tmp_path / "view")
+    assert "T_holdout_error" in on_t.dynamics.metrics and "T_holdout_error" not in on_t0.dynamics.metrics
+    assert on_t0.dynamics.metrics["T0_holdout_error"] == on_t.dynamics.metrics["T0_holdout_error"]
+    differs = [not torch.equal(a, b) for a, b in zip(on_t.dynamics.model.state_dict().values(),
+                                                     on_t0.dynamics.model.state_dict().values(), strict=True)]
+    assert any(differs)
+    # the rest of the run is the run's own: the same raw and improved policies, scores and critics
+    assert on_t0.real == on_t.real and on_t0.scores == on_t.scores
+    hist = on_t.data.histories(torch.arange(7), on_t.policy.history)
+    assert all(torch.equal(a(hist), b(hist)) for a, b in zip(on_t.acts, on_t0.acts, strict=True))
+    assert {p: p.stat().st_mtime_ns for p in smoke_run.rglob("*")} == before  # the view wrote nothing into the run

@@ -176,6 +176,14 @@ def load_finished_run(root: Path, t0_view: Path | None = None) -> FinishedRun:
     """A finished run's phases A–D, loaded from its checkpoints, and its 2n policies with their real scores.
     With ``t0_view`` (a folder of its own) the dynamics are T̂0, fitted on real data alone (``real_data_view``),
     instead of T̂; everything else is the run's."""
+    # the phases below load what the run finished and would train what it did not, into the run's own directory
+    summary = json.loads((root / "summary.json").read_text()) if (root / "summary.json").exists() else {}
+    needed = ["critics", "pretrain", "dynamics_T0" if t0_view else "dynamics", "improve"]
+    missing = [n for n in needed if not (root / "checkpoints" / f"{n}.pt").exists()]
+    if "improved" not in summary.get("scores", {}) or missing:
+        raise SystemExit(f"{root} is not a finished run (summary.json without scores, or no checkpoint of "
+                         f"{missing}): finish it with `python -m uepo.train --run_dir {root} --resume` first; "
+                         "nothing was loaded or written")
     cfg = run_config(root)
     data = load_offline_data(cfg.dataset)
     if t0_view is not None:
@@ -186,7 +194,7 @@ def load_finished_run(root: Path, t0_view: Path | None = None) -> FinishedRun:
     dyn = train_dynamics(ctx, pre.policy)
     imp = improve(ctx, pre.policy, critics, dyn)
     run.close()
-    scores = json.loads((root / "summary.json").read_text())["scores"]
+    scores = summary["scores"]
     n = pre.policy.num_seeds
     acts = [raw_act_fn(pre.policy, i) for i in range(n)] + \
            [head_act_fn(imp.policy, imp.policy.heads[i], i) for i in range(n)]

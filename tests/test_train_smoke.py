@@ -320,3 +320,23 @@ def test_t0_view_gives_the_model_fitted_on_real_data_and_leaves_the_run_as_it_wa
     hist = on_t.data.histories(torch.arange(7), on_t.policy.history)
     assert all(torch.equal(a(hist), b(hist)) for a, b in zip(on_t.acts, on_t0.acts, strict=True))
     assert {p: p.stat().st_mtime_ns for p in smoke_run.rglob("*")} == before  # the view wrote nothing into the run
+
+
+def test_the_probes_refuse_a_run_that_has_not_finished_and_write_nothing_into_it(smoke_run, tmp_path):
+    # load_finished_run's phases train what a run lacks, into the run's directory: a probe must not (stop 41)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from ope_probe import load_finished_run
+
+    run = tmp_path / "unfinished"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_bytes((smoke_run / "config.yaml").read_bytes())
+    (run / "checkpoints" / "critics.pt").write_bytes((smoke_run / "checkpoints" / "critics.pt").read_bytes())
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "scores"}))
+    before = sorted(p.name for p in run.rglob("*"))
+    with pytest.raises(SystemExit, match="not a finished run.*--resume"):
+        load_finished_run(run)
+    (run / "summary.json").write_text(json.dumps(summary))  # scored, but the phase-B checkpoint is missing
+    with pytest.raises(SystemExit, match="pretrain"):
+        load_finished_run(run)
+    assert sorted(p.name for p in run.rglob("*")) == before

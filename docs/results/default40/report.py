@@ -32,7 +32,7 @@ UEPO = {
     WM: {3: "floor/floor", 5: "floor/floor", 6: "floor/floor", 7: "pf/pair", 8: "pf/pair"},
     HMR: {0: "d40/main", 3: "d40/main", 7: "pf/base"},
     WMR: {0: "d40/main", 1: "d40/main", 7: "pf/base"},
-    CM: {0: "floor/floor", 1: "floor/floor"},  # 0r's s2 floor run never finished (stopped in phase B)
+    CM: {0: "floor/floor", 1: "floor/floor", 2: "d40/main"},  # s2: 0r's run never finished; run here
     CMR: {0: "floor/floor", 1: "floor/floor", 2: "floor/floor", 3: "floor/floor", 7: "pf/pair"},
 }
 IN_SAMPLE = {(WM, 3), (WM, 5), (WM, 6), (CMR, 0), (CMR, 1), (CMR, 2), (CMR, 3)}  # shaped the floor or the pair
@@ -148,7 +148,8 @@ def targets_table(records: list[dict], title: str, keep) -> list[str]:
         cells = []
         for _, value, need in targets(main, gauss):
             met, total = met + (value >= need), total + 1
-            cells.append("**met**" if value >= need else f"missed by {need - value:.1f}")
+            gap = need - value
+            cells.append("**met**" if gap <= 0 else f"missed by {gap:.{1 if gap >= 0.1 else 2}f}")
         firsts = sum(bool(r["amq_picks_best_improved"]) for r in main)
         lines.append(f"| {dataset.split('/', 1)[1]} | {len(main)}; {len(gauss)} "
                      f"| {ms([statistics.mean(r['raw']) for r in main])} / "

@@ -3,11 +3,11 @@
     PYTHONPATH=. python docs/results/default40/report.py > docs/results/default40/report.md
 
 Writes docs/results/default40/matrix.json (one record per dataset × variant × seed, the keys of
-``uepo.matrix.run_record`` plus ``source``). A UEPO record comes from one of three places:
+``uepo.matrix.run_record`` plus ``source``). A UEPO record comes from one of two places:
 - a run made at today's default (its own summary.json: 0t's pair runs, 0t's base runs on the two medium-replay
   datasets, this stop's runs);
 - a start-floor run of 0r whose selection on 1024 fresh start states was replayed (0s's or this stop's
-  ``scripts/reselect.py`` JSON): the run's record with the replay's pick, score, regret and rank correlation;
+  ``scripts/reselect.py`` JSON): the run's record with the replay's pick, score, regret and rank correlation.
 A Gaussian record comes from a run made here or, for seeds without one, from the JSON of the section that made it.
 """
 
@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 
 from uepo.evaluate import rank_correlation
-from uepo.matrix import GAUSSIAN_FACTOR, Job, run_record
+from uepo.matrix import TARGETS, Job, mean_std, run_record, target_margins
 
 RUNS = Path("/work/main/runs")
 DOCS = Path(__file__).resolve().parents[1]  # docs/results
@@ -96,26 +96,6 @@ def collect_new_runs() -> None:
                 (dest / f"{run.name}-{name}").write_bytes((run / name).read_bytes())
 
 
-def mean(xs: list[float]) -> float | None:
-    return statistics.mean(xs) if xs else None
-
-
-def ms(xs: list[float]) -> str:
-    if not xs:
-        return "—"
-    return f"{statistics.mean(xs):.1f}" + (f" ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else " (1 seed)")
-
-
-def targets(main: list[dict], gauss: list[dict]) -> list[tuple[str, float, float]]:
-    """(target, UEPO's value, what it must reach) per issue 8's four targets."""
-    raw = mean([statistics.mean(r["raw"]) for r in main])
-    sel = mean([r["selected"] for r in main])
-    return [("raw ≥ raw Gaussian", raw, mean([statistics.mean(r["raw"]) for r in gauss])),
-            ("selected ≥ data", sel, main[0]["dataset_episodes"]),
-            (f"selected ≥ {GAUSSIAN_FACTOR} × Gaussian", sel, GAUSSIAN_FACTOR * mean([r["selected"] for r in gauss])),
-            ("regret ≤ 1", -mean([r["regret"] for r in main]), -1.0)]
-
-
 def per_run_table(records: list[dict]) -> list[str]:
     lines = ["| dataset | seed | source | raw μⁱ | improved | pick: real (regret) | ρ | best first | div | "
              "Gaussian: raw mean / selected (source) |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -135,9 +115,8 @@ def per_run_table(records: list[dict]) -> list[str]:
 
 def targets_table(records: list[dict], title: str, keep) -> list[str]:
     lines = [f"**{title}**", "", "| dataset | seeds (UEPO; Gaussian) | raw μⁱ: UEPO / Gaussian | selected UEPO | "
-             "selected Gaussian | data | regret | best first | " + " | ".join(t for t, _, _ in targets(
-                 [{"raw": [0], "selected": 0, "dataset_episodes": 0, "regret": 0}], [{"raw": [0], "selected": 0}]))
-             + " |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "selected Gaussian | data | regret | best first | " + " | ".join(TARGETS) + " |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     met = total = 0
     for dataset in UEPO:
         main = [r for r in records if r["dataset"] == dataset and r["variant"] == "main" and keep(r)]
@@ -146,16 +125,15 @@ def targets_table(records: list[dict], title: str, keep) -> list[str]:
         if not main or not gauss:
             continue
         cells = []
-        for _, value, need in targets(main, gauss):
-            met, total = met + (value >= need), total + 1
-            gap = need - value
-            cells.append("**met**" if gap <= 0 else f"missed by {gap:.{1 if gap >= 0.1 else 2}f}")
+        for margin in target_margins(main, gauss):  # ≥ 0: met
+            met, total = met + (margin >= 0), total + 1
+            cells.append("**met**" if margin >= 0 else f"missed by {-margin:.{1 if -margin >= 0.1 else 2}f}")
         firsts = sum(bool(r["amq_picks_best_improved"]) for r in main)
-        lines.append(f"| {dataset.split('/', 1)[1]} | {len(main)}; {len(gauss)} "
-                     f"| {ms([statistics.mean(r['raw']) for r in main])} / "
-                     f"{ms([statistics.mean(r['raw']) for r in gauss])} | {ms([r['selected'] for r in main])} "
-                     f"| {ms([r['selected'] for r in gauss])} | {main[0]['dataset_episodes']:.1f} "
-                     f"| {ms([r['regret'] for r in main])} | {firsts} of {len(main)} | " + " | ".join(cells) + " |")
+        raw = [mean_std([statistics.mean(r["raw"]) for r in recs]) for recs in (main, gauss)]
+        lines.append(f"| {dataset.split('/', 1)[1]} | {len(main)}; {len(gauss)} | {raw[0]} / {raw[1]} "
+                     f"| {mean_std([r['selected'] for r in main])} | {mean_std([r['selected'] for r in gauss])} "
+                     f"| {main[0]['dataset_episodes']:.1f} | {mean_std([r['regret'] for r in main])} "
+                     f"| {firsts} of {len(main)} | " + " | ".join(cells) + " |")
     return lines + ["", f"Met: {met} of {total}.", ""]
 
 
@@ -174,7 +152,7 @@ def main() -> None:
                                   lambda r: (r["dataset"], r["seed"]) not in IN_SAMPLE)))
     print("\n".join(per_run_table(records)))
     regrets = [r["regret"] for r in records if r["variant"] == "main"]
-    print(f"\nMean regret over {len(regrets)} UEPO runs: {mean(regrets):.2f}; selected ≥ data in "
+    print(f"\nMean regret over {len(regrets)} UEPO runs: {statistics.mean(regrets):.2f}; selected ≥ data in "
           f"{sum(r['selected'] >= r['dataset_episodes'] for r in records if r['variant'] == 'main')} of "
           f"{len(regrets)}.")
     if missing:
